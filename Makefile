@@ -1,0 +1,32 @@
+# Each target creates .venv and installs what it needs; the CPU torch wheel is pinned (see pyproject extras).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip --disable-pip-version-check -q
+PROMPT ?= def fibonacci(n):
+
+.PHONY: run test lint clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(PIP) install -U pip setuptools wheel
+
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e '.[torch,cpu]'
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e '.[dev,cpu]'
+	touch $@ $(VENV)/.installed-run
+
+run: $(VENV)/.installed-run
+	$(BIN)/blt-run generate --max-new-bytes 96 --json-summary '$(PROMPT)'
+
+test: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,33 @@
+"""fastblt.graphs — what gets exported: the PyTorch BLT, its config, checkpoints and training.
+
+`config`, `checkpoint` (up to loading) and `spec` import without torch; the model is imported on first use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastblt.graphs.checkpoint import CheckpointError, read_config, save_model
+from fastblt.graphs.config import BltConfig, ConfigError, TransformerConfig, tiny_config
+
+__all__ = [
+    "BltConfig", "TransformerConfig", "ConfigError", "CheckpointError", "load_model", "save_model",
+    "read_config", "tiny_config", "default_model_path",
+]
+
+
+def load_model(path: str | Path, dtype: Any = None):
+    """Load a native or HF-format BLT checkpoint directory (eval mode). Needs torch."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise ImportError("loading a PyTorch BLT needs torch: pip install 'fastblt[torch]'") from None
+    from fastblt.graphs.checkpoint import load_model as _load
+
+    return _load(path, dtype)
+
+
+def default_model_path() -> Path:
+    """Directory of the embedded default model shipped with fastblt."""
+    return Path(__file__).resolve().parent / "default_model"

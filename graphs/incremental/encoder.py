@@ -1,0 +1,18 @@
+"""`encoder` graph: byte ids + host-computed hash n-gram ids + positions + KV cache → byte states + new K/V.
+
+Also run in scratch mode over a draft or diffusion block (MASK is an ordinary id); the caller then simply
+does not append the returned K/V to its cache.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+class EncoderGraph(nn.Module):
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids, hash_ids, positions, past_key, past_value):
+        return self.model.encoder_step(ids, hash_ids, positions, past_key, past_value)

@@ -1,0 +1,98 @@
+"""Torch-free specs of the five graphs: input/output names, dtypes and symbolic shapes.
+
+Export, validation, engine build and every runtime backend read these, so a graph's interface is written
+down exactly once. Symbolic dims: b batch, t new tokens, T cached tokens, P patches, L bytes per patch,
+B block size, G hash tables, D local width, K cross_attn_k slots, V vocab, and per stack n layers, h kv
+heads, d head dim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastblt.graphs.config import BltConfig, TransformerConfig
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # "int64" | "float32" | "bool"
+    shape: tuple[int | str, ...]
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    stack: str  # which TransformerConfig owns the KV cache
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(i.name for i in self.inputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(o.name for o in self.outputs)
+
+
+def _cache(cfg: TransformerConfig, prefix: str, length: str) -> tuple[TensorSpec, TensorSpec]:
+    shape = (cfg.n_layers, "b", cfg.kv_heads, length, cfg.head_dim)
+    return TensorSpec(f"{prefix}_key", "float32", shape), TensorSpec(f"{prefix}_value", "float32", shape)
+
+
+def graph_specs(cfg: BltConfig) -> dict[str, GraphSpec]:
+    d, k, v, g = cfg.encoder.dim, cfg.cross_attn_k, cfg.vocab_size, cfg.n_hash_tables
+    ids = TensorSpec("ids", "int64", ("b", "t"))
+    pos = TensorSpec("positions", "int64", ("b", "t"))
+    return {
+        "patcher": GraphSpec(
+            "patcher",
+            (ids, pos, *_cache(cfg.patcher, "past", "T")),
+            (TensorSpec("entropies", "float32", ("b", "t")), *_cache(cfg.patcher, "new", "t")),
+            "patcher",
+        ),
+        "encoder": GraphSpec(
+            "encoder",
+            (ids, TensorSpec("hash_ids", "int64", ("b", "t", g)), pos, *_cache(cfg.encoder, "past", "T")),
+            (TensorSpec("states", "float32", ("b", "t", d)), *_cache(cfg.encoder, "new", "t")),
+            "encoder",
+        ),
+        "global": GraphSpec(
+            "global",
+            (
+                TensorSpec("patch_states", "float32", ("b", "P", "L", d)),
+                TensorSpec("patch_mask", "bool", ("b", "P", "L")),
+                TensorSpec("patch_positions", "int64", ("b", "P")),
+                *_cache(cfg.global_transformer, "past", "T"),
+            ),
+            (TensorSpec("memory", "float32", ("b", "P", k, d)), *_cache(cfg.global_transformer, "new", "P")),
+            "global_transformer",
+        ),
+        "decoder_step": GraphSpec(
+            "decoder_step",
+            (
+                TensorSpec("states", "float32", ("b", "t", d)),
+                pos,
+                TensorSpec("memory", "float32", ("b", "t", k, d)),
+                *_cache(cfg.decoder, "past", "T"),
+            ),
+            (TensorSpec("logits", "float32", ("b", "t", v)), *_cache(cfg.decoder, "new", "t")),
+            "decoder",
+        ),
+        "decoder_block": GraphSpec(
+            "decoder_block",
+            (
+                TensorSpec("states", "float32", ("b", "B", d)),
+                TensorSpec("positions", "int64", ("b", "B")),
+                TensorSpec("memory", "float32", ("b", "B", k, d)),
+                TensorSpec("attn_bias", "float32", ("b", "B", "T+B")),
+                *_cache(cfg.decoder, "past", "T"),
+            ),
+            (TensorSpec("logits", "float32", ("b", "B", v)), *_cache(cfg.decoder, "block", "B")),
+            "decoder",
+        ),
+    }
+
+
+GRAPH_NAMES = ("patcher", "encoder", "global", "decoder_step", "decoder_block")

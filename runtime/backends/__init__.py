@@ -1,0 +1,65 @@
+"""Backends run one graph at a time: `run(graph, feeds) -> outputs`, numpy in and out.
+
+The scheduler never knows which backend it drives. `check_feeds` validates names, dtypes and ranks against
+the graph spec once, here, so every backend reports a bad tensor the same clear way.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from fastblt.graphs.config import BltConfig
+from fastblt.graphs.spec import GraphSpec
+
+BACKENDS = ("torch", "ort", "trt")
+
+
+class FeedError(ValueError):
+    """A graph input is missing, unexpected, or of the wrong dtype or shape."""
+
+
+class Backend(Protocol):
+    name: str
+    config: BltConfig
+    specs: dict[str, GraphSpec]
+
+    def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+_DTYPES = {"int64": np.int64, "float32": np.float32, "bool": np.bool_}
+
+
+def check_feeds(spec: GraphSpec, feeds: dict[str, np.ndarray]) -> None:
+    missing = [n for n in spec.input_names if n not in feeds]
+    extra = [n for n in feeds if n not in spec.input_names]
+    if missing or extra:
+        raise FeedError(f"graph {spec.name!r}: missing inputs {missing}, unexpected inputs {extra}; "
+                        f"expected {list(spec.input_names)}")
+    for ts in spec.inputs:
+        arr = feeds[ts.name]
+        if not isinstance(arr, np.ndarray) or arr.dtype != _DTYPES[ts.dtype]:
+            got = arr.dtype if isinstance(arr, np.ndarray) else type(arr).__name__
+            raise FeedError(f"graph {spec.name!r}: input {ts.name!r} must be a numpy {ts.dtype} array, got {got}")
+        if arr.ndim != len(ts.shape):
+            raise FeedError(f"graph {spec.name!r}: input {ts.name!r} must have shape {ts.shape} "
+                            f"(rank {len(ts.shape)}), got {arr.shape}")
+        for axis, (want, got) in enumerate(zip(ts.shape, arr.shape, strict=True)):
+            if isinstance(want, int) and want != got:
+                raise FeedError(f"graph {spec.name!r}: input {ts.name!r} axis {axis} must be {want} "
+                                f"(shape {ts.shape}), got {arr.shape}")
+
+
+def load_backend(name: str, source, **options) -> Backend:
+    """Backend by name over a checkpoint directory (torch) or an exported bundle (ort, trt)."""
+    if name == "torch":
+        from fastblt.runtime.backends.torch_ref import TorchBackend
+
+        return TorchBackend(source, **options)
+    if name in BACKENDS:
+        raise ValueError(f"backend {name!r} needs an exported bundle, which this version cannot build yet; "
+                         "use --backend torch")
+    raise ValueError(f"unknown backend {name!r}; valid backends are {list(BACKENDS)}")

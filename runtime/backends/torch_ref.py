@@ -1,0 +1,49 @@
+"""The torch reference backend: runs the graphs/ modules with exactly the ONNX graphs' inputs and outputs.
+
+This is the only door from the runtime into torch (imported lazily by `load_backend`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fastblt.graphs.spec import graph_specs
+from fastblt.runtime.backends import check_feeds
+
+try:
+    import torch
+except ImportError:  # pragma: no cover - exercised only without torch
+    raise ImportError("the torch backend needs torch: pip install 'fastblt[torch]'") from None
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, source, threads: int | None = None, check: bool = True) -> None:
+        from fastblt.graphs import load_model
+        from fastblt.graphs.incremental import build_graphs
+
+        model = source if isinstance(source, torch.nn.Module) else load_model(Path(source))
+        self.model = model.eval()
+        self.config = model.config
+        self.specs = graph_specs(self.config)
+        self.graphs = build_graphs(self.model)
+        self.check = check
+        if threads:
+            torch.set_num_threads(threads)
+
+    def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        spec = self.specs.get(graph)
+        if spec is None:
+            raise ValueError(f"unknown graph {graph!r}; graphs are {list(self.specs)}")
+        if self.check:
+            check_feeds(spec, feeds)
+        args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in spec.input_names]
+        with torch.inference_mode():
+            outs = self.graphs[graph](*args)
+        return {name: out.numpy() for name, out in zip(spec.output_names, outs, strict=True)}
+
+    def close(self) -> None:
+        self.graphs = {}

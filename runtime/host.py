@@ -1,0 +1,128 @@
+"""Host-side integer bookkeeping (numpy, no torch): byte ids, hash n-gram ids, patch boundaries, patch ids.
+
+This is the one torch-free implementation the runtime uses between graph calls. The int64 hash is computed
+here, not in a graph, because ONNX Runtime and TensorRT do not reproduce int64 wrap-around (blt-model.md §9).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+BOE, BOS, EOS, BPE_DELIM = 0, 1, 2, 3
+OFFSET = 4
+HASH_PRIMES = (
+    1000000007, 5915587277, 1500450271, 3267000013, 5754853343, 4093082899,
+    9576890767, 3628273133, 2860486313, 5463458053, 3367900313,
+)
+
+
+def encode(data: bytes | str, bos: bool = True, eos: bool = False) -> list[int]:
+    """Bytes (or UTF-8 text) to ids: value + 4, BOS first. Any byte is allowed, NUL and invalid UTF-8 included."""
+    raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    ids = [b + OFFSET for b in raw]
+    return ([BOS] if bos else []) + ids + ([EOS] if eos else [])
+
+
+def decode_bytes(ids: Sequence[int]) -> bytes:
+    """Ids to raw bytes; specials (< 4) and ids beyond the byte range are dropped."""
+    return bytes(i - OFFSET for i in ids if OFFSET <= i < OFFSET + 256)
+
+
+def _prime_powers(prime: int, n: int) -> np.ndarray:
+    """p^0..p^(n-1) in wrapping 64-bit arithmetic, as uint64."""
+    out = np.empty(n, dtype=np.uint64)
+    acc = 1
+    for i in range(n):
+        out[i] = acc
+        acc = (acc * prime) & 0xFFFFFFFFFFFFFFFF
+    return out
+
+
+def hash_ids(
+    ids: np.ndarray | Sequence[int],
+    sizes: Sequence[int],
+    vocab: int,
+    n_functions: int = 1,
+    history: Sequence[int] = (),
+    fused: bool = True,
+) -> np.ndarray:
+    """Hash n-gram ids of every position in `ids`, shape [t, n_functions·len(sizes)].
+
+    The n-gram ending at position t is (x[t-g+1], …, x[t]) with the oldest id times p^0; positions before the
+    sequence are 0. Sums wrap as signed int64 and are floor-reduced mod `vocab`. `history` holds the ids that
+    precede `ids` (only the last max(sizes)-1 matter), so new bytes can be hashed incrementally. With `fused`
+    the id of table i is offset by i·vocab (the HF fused-table layout the encoder graph expects).
+    """
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    gmax = max(sizes)
+    hist = np.asarray(list(history)[-(gmax - 1):] if gmax > 1 else [], dtype=np.int64)
+    hist = np.concatenate([np.zeros(gmax - 1 - hist.size, dtype=np.int64), hist])
+    full = np.concatenate([hist, ids]).astype(np.uint64)
+    t = ids.size
+    out = np.empty((t, n_functions * len(sizes)), dtype=np.int64)
+    col = 0
+    with np.errstate(over="ignore"):
+        for f in range(n_functions):
+            prime = HASH_PRIMES[f % len(HASH_PRIMES)]
+            for g in sizes:
+                powers = _prime_powers(prime, g)
+                acc = np.zeros(t, dtype=np.uint64)
+                start = gmax - g  # first window starts g-1 before ids[0]
+                for i in range(g):
+                    acc += full[start + i: start + i + t] * powers[i]
+                signed = acc.view(np.int64)
+                out[:, col] = np.mod(signed, vocab) + (col * vocab if fused else 0)
+                col += 1
+    return out
+
+
+def patch_starts(
+    entropies: np.ndarray | Sequence[float],
+    threshold: float,
+    max_patch_length: int | None = None,
+) -> np.ndarray:
+    """Boolean start flags for positions 0..N (N = len(entropies)); position N is the next, unseen byte.
+
+    Position 0 (BOS) and 1 always start; t ≥ 2 starts iff H[t-1] > θ, or its patch already holds
+    `max_patch_length` bytes (splitting from the patch start, so prefixes never change when bytes are appended).
+    """
+    h = np.asarray(entropies, dtype=np.float64).reshape(-1)
+    n = h.size
+    starts = np.zeros(n + 1, dtype=bool)
+    starts[: min(2, n + 1)] = True
+    if n >= 2:
+        starts[2:] = h[1:] > threshold
+    if max_patch_length is not None:
+        pos = np.arange(n + 1)
+        last = np.maximum.accumulate(np.where(starts, pos, 0))
+        starts |= (pos - last) % max_patch_length == 0
+    return starts
+
+
+def next_is_start(
+    entropy: float, n: int, current_patch_start: int, threshold: float, max_patch_length: int | None = None
+) -> bool:
+    """Incremental form of `patch_starts`: does position n start a patch, given H[n-1] and the open patch?"""
+    if n <= 1:
+        return True
+    if entropy > threshold:
+        return True
+    return max_patch_length is not None and n - current_patch_start >= max_patch_length
+
+
+def patch_ids(starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(encoder patch id e(t), decoder patch id d(t) = e(t+1) - 1) for t < N, from start flags of 0..N."""
+    starts = np.asarray(starts, dtype=bool)
+    csum = np.cumsum(starts)
+    e = csum[:-1] - 1
+    d = csum[1:] - 2
+    return e.astype(np.int64), d.astype(np.int64)
+
+
+def patch_lengths(starts: np.ndarray) -> list[int]:
+    """Lengths of the patches that hold at least one of positions 0..N-1."""
+    n = len(starts) - 1
+    pos = [int(i) for i in np.flatnonzero(starts[:n])] + [n]
+    return [b - a for a, b in zip(pos, pos[1:], strict=False)]
