@@ -22,7 +22,10 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed-run
 
 run: $(VENV)/.installed-run
-	$(BIN)/blt-run generate --max-new-bytes 96 --json-summary '$(PROMPT)'
+	@if [ -f graphs/default_model/config.json ]; then CKPT=""; else \
+	  echo "no bundled default model yet: using a random tiny BLT (blt-export init)"; \
+	  $(BIN)/blt-export init --out .cache/random-tiny >/dev/null; CKPT="--checkpoint .cache/random-tiny"; fi; \
+	$(BIN)/blt-run generate $$CKPT --max-new-bytes 96 '$(PROMPT)'
 
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

@@ -11,7 +11,6 @@ from __future__ import annotations
 import bisect
 
 import numpy as np
-
 from fastblt.runtime import host
 from fastblt.runtime.cache import KVCache
 

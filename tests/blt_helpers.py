@@ -15,8 +15,13 @@ PROMPTS = [
 
 def hf_blt(path: Path, *, local=32, heads=4, glob=64, glob_heads=4, enc_layers=1, dec_layers=2,
            glob_layers=2, k=2, threshold=3.0, max_patch_length=None, window=16, kv_heads=None,
-           hash_sizes=(3, 4, 5), hash_vocab=101, hash_functions=1, seed=0, patcher_dim=32):
-    """Save a random-initialised transformers.BltForCausalLM and return its directory."""
+           hash_sizes=(3, 4, 5), hash_vocab=101, hash_functions=1, seed=0, patcher_dim=32,
+           bytes_per_patch=None):
+    """Save a random-initialised transformers.BltForCausalLM and return its directory.
+
+    With `bytes_per_patch`, the threshold is set to the entropy quantile that gives about that many bytes
+    per patch on PROMPTS[0] (a random patcher has no meaningful scale of its own).
+    """
     import torch
     from transformers import BltConfig, BltForCausalLM
 
@@ -41,6 +46,14 @@ def hf_blt(path: Path, *, local=32, heads=4, glob=64, glob_heads=4, enc_layers=1
     # Random init leaves the patcher near-uniform; sharpen it so thresholds produce varied patch lengths.
     with torch.no_grad():
         model.model.patcher.lm_head.weight.mul_(8.0)
+        if bytes_per_patch is not None:
+            ids = torch.tensor([ids_of(PROMPTS[0])])
+            ent = model.model.patcher(ids)[0][0, 1:]
+            q = 1.0 - 1.0 / bytes_per_patch
+            # midway between two observed entropies, so float noise (1e-6) cannot flip a boundary
+            srt = torch.sort(ent).values
+            i = min(int(q * len(srt)), len(srt) - 1)
+            model.config.patching_threshold = float((srt[i] + srt[i - 1]) / 2) if q > 0 else -1.0
     model.save_pretrained(path)
     return path
 

@@ -7,9 +7,8 @@ right before the first new position).
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from fastblt.graphs.layers import past_positions, window_bias
+from torch import nn
 
 
 class DecoderStepGraph(nn.Module):

@@ -1,0 +1,77 @@
+"""Next-byte selection on numpy logits: greedy, temperature, top-k, top-p, with a per-request seed.
+
+Only bytes and EOS can be emitted; BOS/BOE/delimiter and the diffusion MASK/PAD ids are never sampled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from fastblt.runtime.host import EOS, OFFSET
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    seed: int | None = None
+
+    def validate(self) -> SamplingConfig:
+        if not (isinstance(self.temperature, int | float) and 0.0 <= self.temperature <= 100.0):
+            raise ValueError(f"temperature={self.temperature!r} must be in [0, 100] (0 = greedy)")
+        if not (isinstance(self.top_k, int) and self.top_k >= 0):
+            raise ValueError(f"top_k={self.top_k!r} must be an integer ≥ 0 (0 = off)")
+        if not (isinstance(self.top_p, int | float) and 0.0 < self.top_p <= 1.0):
+            raise ValueError(f"top_p={self.top_p!r} must be in (0, 1] (1 = off)")
+        return self
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def allowed_mask(vocab: int) -> np.ndarray:
+    ok = np.zeros(vocab, dtype=bool)
+    ok[OFFSET:OFFSET + 256] = True
+    ok[EOS] = True
+    return ok
+
+
+class Sampler:
+    def __init__(self, cfg: SamplingConfig, vocab: int) -> None:
+        self.cfg = cfg.validate()
+        self.rng = np.random.default_rng(cfg.seed)
+        self.blocked = ~allowed_mask(vocab)
+
+    def probs(self, logits: np.ndarray) -> np.ndarray:
+        """The distribution actually sampled from (after temperature, top-k, top-p), rows sum to 1."""
+        x = np.array(logits, dtype=np.float64)
+        x[..., self.blocked] = -np.inf
+        if self.cfg.greedy:
+            p = np.zeros_like(x)
+            np.put_along_axis(p, x.argmax(-1)[..., None], 1.0, axis=-1)
+            return p
+        x = x / self.cfg.temperature
+        if self.cfg.top_k:
+            kth = np.sort(x, axis=-1)[..., -self.cfg.top_k][..., None]
+            x = np.where(x < kth, -np.inf, x)
+        p = np.exp(x - x.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        if self.cfg.top_p < 1.0:
+            order = np.argsort(-p, axis=-1)
+            sorted_p = np.take_along_axis(p, order, -1)
+            keep_sorted = np.cumsum(sorted_p, -1) - sorted_p < self.cfg.top_p
+            keep = np.zeros_like(keep_sorted)
+            np.put_along_axis(keep, order, keep_sorted, -1)
+            p = np.where(keep, p, 0.0)
+            p /= p.sum(-1, keepdims=True)
+        return p
+
+    def sample(self, logits: np.ndarray) -> int:
+        if self.cfg.greedy:
+            x = np.where(self.blocked, -np.inf, logits)
+            return int(np.argmax(x))
+        p = self.probs(logits)
+        return int(self.rng.choice(p.size, p=p))

@@ -1,0 +1,69 @@
+"""Host bookkeeping: the spec's hash test vectors, incremental = batch, and torch twin = numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from fastblt.graphs.config import tiny_config
+from fastblt.graphs.model import BltModel
+from fastblt.runtime import host
+
+HELLO = [1, 76, 105, 112, 112, 115]
+
+
+def test_hash_test_vectors():
+    g3 = host.hash_ids(HELLO, [3], 500002, fused=False)[:, 0]
+    g8 = host.hash_ids(HELLO, [8], 500002, fused=False)[:, 0]
+    assert g3.tolist() == [443987, 124875, 393970, 386145, 358223, 190185]
+    assert g8.tolist() == [172383, 205585, 456240, 129346, 299568, 322649]
+
+
+def test_hash_incremental_equals_batch_and_fused_offsets():
+    rng = np.random.default_rng(0)
+    ids = [1] + rng.integers(4, 260, 300).tolist()
+    full = host.hash_ids(ids, [3, 4, 5, 6, 7, 8], 500002, n_functions=3)
+    step = np.concatenate([host.hash_ids([x], [3, 4, 5, 6, 7, 8], 500002, 3, history=ids[:i])
+                           for i, x in enumerate(ids)])
+    assert (full == step).all()
+    cols = np.arange(full.shape[1]) * 500002
+    assert ((full - cols >= 0) & (full - cols < 500002)).all()
+
+
+def test_torch_hash_equals_host():
+    model = BltModel(tiny_config(hash_sizes=(3, 4, 5, 6, 7, 8), hash_functions=3, hash_vocab=500002))
+    rng = np.random.default_rng(1)
+    ids = np.stack([[1] + rng.integers(0, 260, 199).tolist() for _ in range(2)])
+    got = model.hash_ids(torch.from_numpy(ids)).numpy()
+    for row in range(2):
+        assert (got[row] == host.hash_ids(ids[row], (3, 4, 5, 6, 7, 8), 500002, 3)).all()
+
+
+@pytest.mark.parametrize("max_len", [None, 1, 3, 8])
+def test_patch_rules_agree(max_len):
+    rng = np.random.default_rng(2)
+    ent = rng.exponential(1.0, size=(3, 120)).astype(np.float32)
+    model = BltModel(tiny_config(patch_threshold=1.2, max_patch_length=max_len))
+    batch = model.patch_starts(torch.from_numpy(ent)).numpy()
+    for row in range(3):
+        starts = host.patch_starts(ent[row], 1.2, max_len)
+        assert (starts == batch[row]).all()
+        assert starts[0] and starts[1]
+        cur = 0
+        for n in range(1, 121):  # the incremental rule reproduces the batch rule
+            is_start = host.next_is_start(float(ent[row, n - 1]), n, cur, 1.2, max_len)
+            assert is_start == starts[n]
+            cur = n if is_start else cur
+        lengths = host.patch_lengths(starts)
+        assert sum(lengths) == 120
+        if max_len:
+            assert max(lengths) <= max_len
+        e, d = host.patch_ids(starts)
+        assert d[0] == 0 and (d <= e).all() and (d >= e - 1).all()
+
+
+def test_encode_decode_any_bytes():
+    raw = b"\x00\xff\xc3(abc"
+    ids = host.encode(raw)
+    assert ids[0] == host.BOS and host.decode_bytes(ids) == raw
+    assert host.encode("") == [host.BOS]
