@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-PRESETS = ("tiny",)
+PRESETS = ("tiny", "default")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,12 +29,114 @@ def init(out, preset, config_path, seed):
     """Write a randomly initialised model (the starting point for training, and for smoke tests)."""
     try:
         import torch
-        from fastblt.graphs import BltConfig, save_model, tiny_config
+        from fastblt.graphs import BltConfig, save_model
+        from fastblt.graphs.config import PRESETS as CONFIGS
         from fastblt.graphs.model import BltModel
 
-        cfg = BltConfig.load(config_path) if config_path else tiny_config()
+        cfg = BltConfig.load(config_path) if config_path else CONFIGS[preset]()
         torch.manual_seed(seed)
         path = save_model(BltModel(cfg), out)
+    except (ValueError, OSError) as exc:
+        _fail(exc)
+    click.echo(f"wrote {path}")
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of integers") from None
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers") from None
+
+
+@main.command()
+@click.option("--run-dir", required=True, type=click.Path(), help="Checkpoints, logs; rerun to resume.")
+@click.option("--out", type=click.Path(), help="Final model directory (default RUN_DIR/model).")
+@click.option("--preset", type=click.Choice(PRESETS), default="default", show_default=True)
+@click.option("--config", "config_path", type=click.Path(), help="A fastblt config.json instead of a preset.")
+@click.option("--corpus", "corpora", multiple=True, help="'stdlib' (default) or a directory / .jsonl (repeatable).")
+@click.option("--patcher-steps", type=int, default=1500, show_default=True)
+@click.option("--steps", type=int, default=20000, show_default=True)
+@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--seq-len", type=int, default=512, show_default=True)
+@click.option("--lr", type=float, default=2e-3, show_default=True)
+@click.option("--block-sizes", default="4,8,16", show_default=True)
+@click.option("--block-probs", default="0.4,0.4,0.2", show_default=True)
+@click.option("--target-patch-size", type=float, default=4.0, show_default=True)
+@click.option("--max-patch-length", type=int, default=8, show_default=True)
+@click.option("--eval-every", type=int, default=500, show_default=True)
+@click.option("--ckpt-every", type=int, default=100, show_default=True)
+@click.option("--threads", type=int, default=None, help="torch threads per process (default: cores / processes).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--no-bf16", is_flag=True, help="Train in fp32 instead of bf16 autocast.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(run_dir, out, preset, config_path, corpora, patcher_steps, steps, batch_size, seq_len, lr, block_sizes,
+          block_probs, target_patch_size, max_patch_length, eval_every, ckpt_every, threads, seed, no_bf16, quiet):
+    """Train a BLT-D from scratch: entropy patcher, θ search, then next-byte + block-diffusion training.
+    Runs under `torchrun --nproc_per_node=N` (gloo) for data parallelism."""
+    import dataclasses
+    import os
+
+    try:
+        import torch
+
+        from fastblt.graphs import BltConfig
+        from fastblt.graphs.config import PRESETS as CONFIGS
+        from fastblt.graphs.pipeline import train_bltd
+        from fastblt.graphs.train import TrainConfig
+
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // world))
+        cfg = BltConfig.load(config_path) if config_path else CONFIGS[preset]()
+        if cfg.mask_id is None:  # BLT-D needs MASK and PAD ids above the byte vocabulary
+            cfg = dataclasses.replace(cfg, vocab_size=max(cfg.vocab_size, 262), mask_id=260, pad_id=261)
+        cfg = dataclasses.replace(cfg, max_patch_length=max_patch_length, block_sizes=_ints(block_sizes)).validate()
+        common = dict(seq_len=seq_len, batch_size=batch_size, corpora=tuple(corpora) or ("stdlib",),
+                      eval_every=eval_every, ckpt_every=ckpt_every, seed=seed, bf16=not no_bf16)
+        patcher_tc = TrainConfig(objective="patcher", steps=patcher_steps, lr=3e-3,
+                                 warmup=min(100, patcher_steps // 10 + 1), **common).validate(cfg)
+        main_tc = TrainConfig(objective="bltd", steps=steps, lr=lr, warmup=min(300, steps // 10 + 1),
+                              block_sizes=_ints(block_sizes), block_probs=_floats(block_probs), **common).validate(cfg)
+        path = train_bltd(run_dir, cfg, patcher_tc, main_tc, target_patch_size, out, progress=not quiet, seed=seed)
+    except (ValueError, OSError) as exc:
+        _fail(exc)
+    click.echo(f"wrote {path}")
+
+
+@main.command("train-decoder")
+@click.argument("checkpoint", type=click.Path())
+@click.option("--run-dir", required=True, type=click.Path())
+@click.option("--out", type=click.Path(), help="Adapted model directory (default RUN_DIR/model).")
+@click.option("--corpus", "corpora", multiple=True)
+@click.option("--steps", type=int, default=2000, show_default=True)
+@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--seq-len", type=int, default=512, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--block-sizes", default="4,8,16", show_default=True)
+@click.option("--block-probs", default="0.4,0.4,0.2", show_default=True)
+@click.option("--eval-every", type=int, default=500, show_default=True)
+@click.option("--ckpt-every", type=int, default=100, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quiet", is_flag=True)
+def train_decoder(checkpoint, run_dir, out, corpora, steps, batch_size, seq_len, lr, block_sizes, block_probs,
+                  eval_every, ckpt_every, seed, quiet):
+    """Adapt an existing BLT (native or HF) to BLT-D: patcher, encoder and global stay frozen."""
+    try:
+        from fastblt.graphs.pipeline import adapt_decoder
+        from fastblt.graphs.train import TrainConfig
+
+        sizes = _ints(block_sizes)
+        tc = TrainConfig(objective="decoder", steps=steps, lr=lr, warmup=min(200, steps // 10 + 1), seq_len=seq_len,
+                         batch_size=batch_size, block_sizes=sizes, block_probs=_floats(block_probs),
+                         corpora=tuple(corpora) or ("stdlib",), eval_every=eval_every, ckpt_every=ckpt_every,
+                         seed=seed)
+        path = adapt_decoder(checkpoint, run_dir, tc, out, progress=not quiet)
     except (ValueError, OSError) as exc:
         _fail(exc)
     click.echo(f"wrote {path}")

@@ -220,9 +220,9 @@ def _check_keys(source: str, data: dict[str, Any], cls: type) -> None:
         raise ConfigError(f"{source}: unknown field(s) {unknown}; allowed fields are {allowed}")
 
 
-def tiny_config(**overrides: Any) -> BltConfig:
-    """A few-thousand-parameter BLT for tests and smoke runs."""
-    local = dict(dim=32, n_heads=4, ffn_dim=64, window=64, max_positions=4096)
+def tiny_config(window: int = 64, **overrides: Any) -> BltConfig:
+    """A ~200k-parameter BLT for tests and smoke runs; `window` is the local attention window."""
+    local = dict(dim=32, n_heads=4, ffn_dim=64, window=window, max_positions=4096)
     base = dict(
         patcher=TransformerConfig(n_layers=1, rope_theta=10000.0, **local),
         encoder=TransformerConfig(n_layers=1, **local),
@@ -235,3 +235,20 @@ def tiny_config(**overrides: Any) -> BltConfig:
     )
     base.update(overrides)
     return BltConfig(**base).validate()
+
+
+def default_config() -> BltConfig:
+    """The shipped default BLT-D: a global transformer ~8× the local decoder (as in the paper's 1B), small
+    enough to train on a CPU in hours and to ship as ≤ 40 MB of bf16 safetensors."""
+    local = dict(dim=128, n_heads=4, ffn_dim=384, window=256)
+    return BltConfig(
+        patcher=TransformerConfig(dim=128, n_layers=2, n_heads=4, ffn_dim=384, rope_theta=10000.0, window=512),
+        encoder=TransformerConfig(n_layers=1, **local),
+        global_transformer=TransformerConfig(dim=320, n_layers=6, n_heads=5, ffn_dim=864, max_positions=8192),
+        decoder=TransformerConfig(n_layers=3, **local),
+        vocab_size=262, mask_id=260, pad_id=261, block_sizes=(4, 8, 16),
+        hash_sizes=(3, 4, 5, 6, 7, 8), hash_vocab=6007, patch_threshold=2.0, max_patch_length=8,
+    ).validate()
+
+
+PRESETS = {"tiny": tiny_config, "default": default_config}

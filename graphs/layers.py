@@ -86,19 +86,45 @@ class SelfAttention(nn.Module):
         self.v_proj = nn.Linear(cfg.dim, cfg.kv_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
-    def forward(self, x, cos, sin, bias, past_k, past_v):
-        """x [b,t,D]; past_k/v [b,h_kv,T,d]; bias [b,1,t,T+t] → (out, new k, new v) with k already rotated."""
+    def forward(self, x, cos, sin, bias, past_k, past_v, inner=None):
+        """x [b,t,D]; past_k/v [b,h_kv,T,d]; bias [b,1,t,T+t] → (out, new k, new v) with k already rotated.
+
+        With `inner` ([B,B] additive, training only): the t rows are t/B independent blocks; `bias` then
+        covers the T past keys only and each block attends to itself through `inner`, never to the others
+        (the same result as a full [t, T+t] bias, without the quadratic cost in t).
+        """
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if inner is not None:
+            return self.o_proj(self._blockwise(q, k, v, bias, past_k, past_v, inner)), k, v
         keys, values = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
-        if self.n_kv != self.n_heads:
-            rep = self.n_heads // self.n_kv
-            keys, values = keys.repeat_interleave(rep, dim=1), values.repeat_interleave(rep, dim=1)
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias.to(q.dtype))
+        keys, values = self._expand(keys), self._expand(values)
+        bias = bias.clamp(min=torch.finfo(q.dtype).min).to(q.dtype)  # finite in bf16/fp16 too
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), k, v
+
+    def _expand(self, x: torch.Tensor) -> torch.Tensor:
+        rep = self.n_heads // self.n_kv
+        return x if rep == 1 else x.repeat_interleave(rep, dim=1)
+
+    def _blockwise(self, q, k, v, bias, past_k, past_v, inner):
+        b, h, t, d = q.shape
+        bsz = inner.shape[0]
+        nb = t // bsz
+        pk, pv = self._expand(past_k), self._expand(past_v)
+        scale = d**-0.5
+        s_past = torch.matmul(q, pk.transpose(-1, -2)).float() * scale + bias.float()  # [b,h,t,T]
+        qb = q.view(b, h, nb, bsz, d)
+        kb, vb = self._expand(k).view(b, h, nb, bsz, d), self._expand(v).view(b, h, nb, bsz, d)
+        s_in = torch.matmul(qb, kb.transpose(-1, -2)).float() * scale + inner.float()  # [b,h,nb,B,B]
+        p = torch.softmax(torch.cat([s_past.view(b, h, nb, bsz, -1), s_in], dim=-1), dim=-1).to(q.dtype)
+        t_past = pk.shape[2]
+        out = torch.matmul(p[..., :t_past].reshape(b, h, t, t_past), pv)
+        out = out + torch.matmul(p[..., t_past:], vb).view(b, h, t, d)
+        return out.transpose(1, 2).reshape(b, t, -1)
 
 
 class TransformerLayer(nn.Module):
@@ -109,8 +135,8 @@ class TransformerLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
 
-    def forward(self, x, cos, sin, bias, past_k, past_v):
-        h, k, v = self.self_attn(self.input_layernorm(x), cos, sin, bias, past_k, past_v)
+    def forward(self, x, cos, sin, bias, past_k, past_v, inner=None):
+        h, k, v = self.self_attn(self.input_layernorm(x), cos, sin, bias, past_k, past_v, inner)
         x = x + h
         return x + self.mlp(self.post_attention_layernorm(x)), k, v
 
@@ -128,13 +154,13 @@ class Stack(nn.Module):
         shape = (self.cfg.n_layers, batch, self.cfg.kv_heads, 0, self.cfg.head_dim)
         return like.new_zeros(shape), like.new_zeros(shape)
 
-    def run(self, x, positions, bias, past_k, past_v, before_layer=None):
+    def run(self, x, positions, bias, past_k, past_v, before_layer=None, inner=None):
         cos, sin = self.rotary_emb(positions)
         ks, vs = [], []
         for i, layer in enumerate(self.layers):
             if before_layer is not None:
                 x = before_layer(i, x)
-            x, k, v = layer(x, cos, sin, bias, past_k[i], past_v[i])
+            x, k, v = layer(x, cos, sin, bias, past_k[i], past_v[i], inner)
             ks.append(k)
             vs.append(v)
         return x, torch.stack(ks), torch.stack(vs)
@@ -168,9 +194,9 @@ class CrossAttention(nn.Module):
         if self.n_kv != self.n_heads:
             rep = self.n_heads // self.n_kv
             k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
-        scores = torch.matmul(q, k.transpose(-1, -2)) * self.head_dim**-0.5  # [b,g,h,q,m]
-        if key_bias is not None:
-            scores = scores + key_bias[:, :, None, None, :]
-        attn = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+        scores = torch.matmul(q, k.transpose(-1, -2)).float() * self.head_dim**-0.5  # [b,g,h,q,m]
+        if key_bias is not None:  # fp32, finite: a fully masked row averages instead of producing NaN
+            scores = scores + key_bias.float()[:, :, None, None, :]
+        attn = torch.softmax(scores, dim=-1).to(q.dtype)
         out = torch.matmul(attn, v).transpose(2, 3).reshape(b, g, nq, -1)
         return self.o_proj(out) + x

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from fastblt.graphs.config import HASH_PRIMES, BltConfig
+from fastblt.graphs.config import BYTE_VOCAB, HASH_PRIMES, BltConfig
 from fastblt.graphs.layers import NEG, CrossAttention, RMSNorm, Stack, past_positions, window_bias
 from torch import nn
 
@@ -31,7 +31,8 @@ class Patcher(Stack):
     def step(self, ids, positions, past_k, past_v):
         x = self.embed_tokens(ids)
         x, k, v = self.run(x, positions, _stack_bias(self.cfg, positions, past_k.shape[3]), past_k, past_v)
-        logp = F.log_softmax(self.lm_head(self.norm(x)).float(), dim=-1)
+        # entropy over BLT's 260-id vocabulary only, so adding MASK/PAD rows never moves a boundary
+        logp = F.log_softmax(self.lm_head(self.norm(x))[..., :BYTE_VOCAB].float(), dim=-1)
         return -(logp.exp() * logp).sum(-1), k, v
 
 
@@ -94,7 +95,7 @@ class BltModel(nn.Module):
         pooled = torch.where(mask, patch_states, NEG).amax(dim=2)
         pooled = torch.where(mask.any(dim=2), pooled, 0.0)  # an empty patch pools to 0, as in BLT
         q = enc.patch_embedding_projection(pooled).view(b, p, cfg.cross_attn_k, d)
-        key_bias = torch.where(patch_mask, 0.0, NEG).to(q.dtype)
+        key_bias = torch.where(patch_mask, 0.0, NEG)
         q = q + enc.cross_attn_layers[0](q, patch_states, key_bias)
         g = q.reshape(b, p, cfg.cross_attn_k * d)
         if glob.token_embedding_projection is not None:
@@ -103,7 +104,7 @@ class BltModel(nn.Module):
         memory = self.local_decoder.patch_embedding_projection(g).view(b, p, cfg.cross_attn_k, d)
         return memory, k, v
 
-    def decoder_step(self, states, positions, memory, bias, past_k, past_v):
+    def decoder_step(self, states, positions, memory, bias, past_k, past_v, inner=None):
         """Byte states [b,t,D] + per-row memory [b,t,k,D] (slots of patch d(t)) → logits [b,t,V]."""
         dec = self.local_decoder
         n_cross = len(dec.cross_attn_layers)
@@ -113,7 +114,7 @@ class BltModel(nn.Module):
                 return x
             return x + dec.cross_attn_layers[i](x[:, :, None], memory)[:, :, 0]
 
-        x, k, v = dec.run(states, positions, bias, past_k, past_v, before_layer=cross)
+        x, k, v = dec.run(states, positions, bias, past_k, past_v, before_layer=cross, inner=inner)
         return self.lm_head(dec.norm(x)).float(), k, v
 
     # ---- integer bookkeeping, torch form (runtime/host.py is the torch-free twin; tests compare) ----------
@@ -152,7 +153,9 @@ class BltModel(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.forward_details(ids)["logits"]
 
-    def forward_details(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward_details(self, ids: torch.Tensor, entropies: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Full forward plus everything training needs (boundaries, memory, clean K/V of encoder and decoder).
+        `entropies` may be given (e.g. from a frozen patcher under no_grad) to skip the patcher."""
         if ids.dim() != 2 or ids.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"ids must be an integer tensor [batch, n]; got {tuple(ids.shape)} {ids.dtype}")
         ids = ids.long()
@@ -162,20 +165,23 @@ class BltModel(nn.Module):
         b, n = ids.shape
         pos = torch.arange(n, device=ids.device).expand(b, n)
         like = self.lm_head.weight
-        entropies, _, _ = self.patcher_step(ids, pos, *self.patcher.empty_cache(b, like))
+        if entropies is None:
+            entropies, _, _ = self.patcher_step(ids, pos, *self.patcher.empty_cache(b, like))
         starts = self.patch_starts(entropies)
         e = torch.cumsum(starts[:, :n].long(), dim=1) - 1
         d = torch.cumsum(starts[:, 1:].long(), dim=1) - 1
-        states, _, _ = self.encoder_step(ids, self.hash_ids(ids), pos, *self.local_encoder.empty_cache(b, like))
+        states, enc_k, enc_v = self.encoder_step(ids, self.hash_ids(ids), pos,
+                                                 *self.local_encoder.empty_cache(b, like))
         patch_states, patch_mask, n_patches = pad_patches(states, starts, e)
         p = patch_states.shape[1]
         ppos = torch.arange(p, device=ids.device).expand(b, p)
         memory, _, _ = self.global_step(patch_states, patch_mask, ppos, *self.global_transformer.empty_cache(b, like))
         rows = memory[torch.arange(b, device=ids.device)[:, None], d]
         bias = window_bias(pos, pos, cfg.decoder.window)
-        logits, _, _ = self.decoder_step(states, pos, rows, bias, *self.local_decoder.empty_cache(b, like))
+        logits, dec_k, dec_v = self.decoder_step(states, pos, rows, bias, *self.local_decoder.empty_cache(b, like))
         return {"logits": logits, "entropies": entropies, "starts": starts, "patch_ids": e,
-                "decoder_patch_ids": d, "n_patches": n_patches, "states": states, "memory": memory}
+                "decoder_patch_ids": d, "n_patches": n_patches, "states": states, "memory": memory,
+                "encoder_kv": (enc_k, enc_v), "decoder_kv": (dec_k, dec_v)}
 
 
 def pad_patches(states: torch.Tensor, starts: torch.Tensor, e: torch.Tensor):

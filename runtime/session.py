@@ -114,6 +114,45 @@ class Session:
             self.patch_starts.pop()
         self.caches["global"].truncate(self.n_closed)
 
+    def scratch_states(self, block_ids) -> np.ndarray:
+        """Encoder states [B, D] of ids placed right after the sequence, without touching any cache
+        (the encoder's scratch mode: draft or diffusion blocks, MASK being an ordinary id)."""
+        cfg = self.config
+        block = np.asarray(block_ids, dtype=np.int64).reshape(-1)
+        n = self.length
+        pos = np.arange(n, n + block.size, dtype=np.int64)[None]
+        hashes = host.hash_ids(block, cfg.hash_sizes, cfg.hash_vocab, cfg.hash_functions,
+                               history=self.ids[-(self._gmax - 1):] if self._gmax > 1 else ())
+        past_k, past_v = self.caches["encoder"].visible()
+        out = self.backend.run("encoder", {"ids": block[None], "hash_ids": hashes[None], "positions": pos,
+                                           "past_key": past_k, "past_value": past_v})
+        self.calls["encoder"] = self.calls.get("encoder", 0) + 1
+        return out["states"][0]
+
+    def block_logits(self, states: np.ndarray, memory: np.ndarray, bidirectional: bool) -> dict:
+        """decoder_block over rows placed right after the sequence: the committed prefix is read-only and
+        visible (window permitting); rows see each other bidirectionally (diffusion) or causally (verify).
+        `memory` is [B, k, D] (per-row latent slots). Returns logits [B, V] and the block's K/V."""
+        cfg = self.config
+        bsz = states.shape[0]
+        n = self.length
+        past_k, past_v = self.caches["decoder"].visible()
+        t = past_k.shape[3]
+        rows = np.arange(n, n + bsz)[:, None]
+        keys = np.concatenate([np.arange(n - t, n), np.arange(n, n + bsz)])[None]
+        ok = keys < n
+        if cfg.decoder.window is not None:
+            ok = ok & (rows - keys < cfg.decoder.window)
+        inner = np.ones((bsz, bsz), dtype=bool) if bidirectional else np.tri(bsz, dtype=bool)
+        ok[:, t:] = inner
+        bias = np.where(ok, 0.0, np.finfo(np.float32).min).astype(np.float32)[None]
+        out = self.backend.run("decoder_block", {
+            "states": states[None].astype(np.float32), "positions": np.arange(n, n + bsz, dtype=np.int64)[None],
+            "memory": memory[None].astype(np.float32), "attn_bias": bias, "past_key": past_k,
+            "past_value": past_v})
+        self.calls["decoder_block"] = self.calls.get("decoder_block", 0) + 1
+        return {"logits": out["logits"][0], "key": out["block_key"], "value": out["block_value"]}
+
     # ---- internals -------------------------------------------------------------------------------------------
     def _run_stack(self, stack: str, feeds: dict, graph: str | None = None) -> dict:
         graph = graph or stack

@@ -1,0 +1,135 @@
+"""Training: a few-step smoke run, resume, 2-process DDP, decoder adaptation, and clear errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fastblt.graphs import load_model
+from fastblt.graphs.calibrate import CalibrationError, search_threshold
+from fastblt.graphs.config import tiny_config
+from fastblt.graphs.data import CorpusError, corpus_documents
+from fastblt.graphs.model import BltModel
+from fastblt.graphs.pipeline import adapt_decoder
+from fastblt.graphs.train import Trainer, TrainConfig, TrainError
+from fastblt.graphs.train_state import ResumeError
+
+TEXT = "def add(a, b):\n    return a + b\n\nclass Point:\n    x: int = 0\n    y: int = 0\n"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    for i in range(60):
+        (root / f"mod{i:02d}.py").write_text(TEXT * (1 + i % 3) + f"# file {i} é\n")
+    return str(root)
+
+
+def _cfg():
+    return tiny_config(vocab_size=262, mask_id=260, pad_id=261, block_sizes=(4, 8), window=32)
+
+
+def _tc(corpus, **kw):
+    base = dict(objective="bltd", steps=6, seq_len=64, batch_size=2, block_sizes=(4, 8), block_probs=(0.5, 0.5),
+                corpora=(corpus,), eval_every=3, eval_windows=4, ckpt_every=3, log_every=1, warmup=2)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_smoke_and_resume(tmp_path, corpus):
+    torch.manual_seed(0)
+    tr = Trainer(BltModel(_cfg()), _tc(corpus, steps=4), tmp_path)
+    hist = tr.train(progress=False)
+    assert hist and np.isfinite(hist[-1]["heldout_bpb"]) and "4" in hist[-1]["masked_acc_one_step"]
+    saved = load_file(str(tmp_path / "ckpt-bltd" / "model.safetensors"))
+    again = Trainer(BltModel(_cfg()), _tc(corpus, steps=6), tmp_path)
+    assert again.resume() and again.step == 4 and again.bytes_seen == tr.bytes_seen
+    assert torch.equal(again.model.state_dict()["lm_head.weight"], saved["lm_head.weight"])
+    assert len(again.opt.state) > 0
+    again.train(progress=False)
+    assert again.step == 6
+    rows = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "step" in r and "eval" not in r][-1] == 6
+
+
+def test_patcher_frozen_during_bltd(tmp_path, corpus):
+    torch.manual_seed(0)
+    model = BltModel(_cfg())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    Trainer(model, _tc(corpus, steps=2, eval_every=10), tmp_path).train(progress=False)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("patcher."))
+    assert not torch.equal(before["lm_head.weight"], after["lm_head.weight"])
+
+
+def test_two_process_ddp(tmp_path, corpus):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           "-m", "fastblt.export.cli", "train", "--run-dir", str(tmp_path / "run"), "--preset", "tiny",
+           "--corpus", corpus, "--patcher-steps", "4", "--steps", "4", "--batch-size", "2", "--seq-len", "64",
+           "--block-sizes", "4,8", "--block-probs", "0.5,0.5", "--eval-every", "4", "--ckpt-every", "2",
+           "--max-patch-length", "6", "--quiet"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    model = load_model(tmp_path / "run" / "model")
+    assert model.config.block_sizes == (4, 8) and model.config.mask_id == 260
+    state = json.loads((tmp_path / "run" / "ckpt-bltd" / "state.json").read_text())
+    assert state["step"] == 4
+    assert state["bytes_seen"] > 4 * 2 * 2 * 10  # both ranks' batches are counted
+    assert "model" in (tmp_path / "run" / "model" / "README.md").read_text().lower()
+
+
+def test_decoder_adaptation_on_hf_blt(tmp_path, corpus, hf_checkpoints):
+    src = hf_checkpoints["k2-4bpp"]
+    original = load_model(src)
+    tc = _tc(corpus, objective="decoder", steps=3, block_sizes=(4,), block_probs=(1.0,))
+    out = adapt_decoder(src, tmp_path / "run", tc, progress=False)
+    adapted = load_model(out)
+    assert adapted.config.block_sizes == (4,) and adapted.config.vocab_size == 262
+    a, b = original.state_dict(), adapted.state_dict()
+    for name in a:
+        if name.startswith(("patcher.", "global_transformer.", "encoder_hash")) or (
+                name.startswith("local_encoder.") and "embed_tokens" not in name):
+            assert torch.equal(a[name], b[name][: a[name].shape[0]]), f"{name} must stay frozen"
+    assert torch.equal(a["local_encoder.embed_tokens.weight"], b["local_encoder.embed_tokens.weight"][:260])
+    assert not torch.equal(a["lm_head.weight"], b["lm_head.weight"][:260])
+    ids = torch.tensor([[1] + [c + 4 for c in TEXT.encode()][:40]])
+    with torch.no_grad():  # boundaries are those of the original model
+        assert torch.equal(original.forward_details(ids)["starts"], adapted.forward_details(ids)["starts"])
+
+
+def test_bad_inputs(tmp_path, corpus):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CorpusError, match="has no train documents"):
+        corpus_documents([str(tmp_path / "empty")])
+    with pytest.raises(CorpusError, match="does not exist"):
+        corpus_documents([str(tmp_path / "missing")])
+    with pytest.raises(TrainError, match="block size 16 must be smaller than the local window"):
+        _tc(corpus, block_sizes=(16,), block_probs=(1.0,)).validate(
+            dataclasses.replace(_cfg(), block_sizes=(4,), encoder=_cfg().encoder,
+                                decoder=dataclasses.replace(_cfg().decoder, window=16)))
+    with pytest.raises(TrainError, match="needs a config with mask_id and pad_id"):
+        _tc(corpus).validate(tiny_config())
+    tr = Trainer(BltModel(_cfg()), _tc(corpus, steps=1, eval_every=5), tmp_path)
+    tr.train(progress=False)
+    (tmp_path / "ckpt-bltd" / "optimizer.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ResumeError, match="corrupt or incomplete resume checkpoint"):
+        Trainer(BltModel(_cfg()), _tc(corpus, steps=2), tmp_path).resume()
+
+
+def test_threshold_search():
+    rng = np.random.default_rng(0)
+    rows = [rng.exponential(1.0, 300) for _ in range(5)]
+    theta, got = search_threshold(rows, 4.0, 8)
+    assert abs(got - 4.0) < 0.1
+    with pytest.raises(CalibrationError, match="exceeds max_patch_length=8"):
+        search_threshold(rows, 9.0, 8)
+    with pytest.raises(CalibrationError, match="out of reach"):
+        search_threshold([r[:10] for r in rows], 7.9, 8)
