@@ -29,6 +29,7 @@ def init(out, preset, config_path, seed):
     """Write a randomly initialised model (the starting point for training, and for smoke tests)."""
     try:
         import torch
+
         from fastblt.graphs import BltConfig, save_model
         from fastblt.graphs.config import PRESETS as CONFIGS
         from fastblt.graphs.model import BltModel
@@ -150,6 +151,7 @@ def import_hf(hf_dir, out, dtype):
     """Convert an HF-format BLT directory (model_type "blt", safetensors) to a native checkpoint."""
     try:
         import torch
+
         from fastblt.graphs import load_model, save_model
 
         model = load_model(hf_dir)

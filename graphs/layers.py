@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from fastblt.graphs.config import TransformerConfig
 from torch import nn
+
+from fastblt.graphs.config import TransformerConfig
 
 NEG = torch.finfo(torch.float32).min  # finite "minus infinity": fully masked rows stay finite (no NaN)
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from fastblt.graphs.config import BYTE_VOCAB, HASH_PRIMES, BltConfig
 from fastblt.graphs.layers import NEG, CrossAttention, RMSNorm, Stack, past_positions, window_bias
-from torch import nn
 
 
 def _stack_bias(cfg, positions: torch.Tensor, past_len) -> torch.Tensor:

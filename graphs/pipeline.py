@@ -14,7 +14,7 @@ from fastblt.graphs.calibrate import entropies, search_threshold
 from fastblt.graphs.config import BltConfig
 from fastblt.graphs.data import heldout_windows
 from fastblt.graphs.model import BltModel
-from fastblt.graphs.train import Trainer, TrainConfig, export_model, init_distributed
+from fastblt.graphs.train import TrainConfig, Trainer, export_model, init_distributed
 from fastblt.graphs.train_state import load_weights
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from fastblt.runtime.host import EOS, OFFSET
 
 
@@ -73,5 +74,37 @@ class Sampler:
         if self.cfg.greedy:
             x = np.where(self.blocked, -np.inf, logits)
             return int(np.argmax(x))
-        p = self.probs(logits)
-        return int(self.rng.choice(p.size, p=p))
+        return self.draw(self.probs(logits))
+
+    def draw(self, p: np.ndarray) -> int:
+        """One id from a distribution (argmax when greedy, so greedy runs consume no randomness)."""
+        if self.cfg.greedy:
+            return int(np.argmax(p))
+        return int(self.rng.choice(p.size, p=p / p.sum()))
+
+    def soft(self, logits: np.ndarray) -> np.ndarray:
+        """The distribution confidences and entropies are read from: the warped one when sampling, the plain
+        softmax (temperature 1) when greedy, where the warped one is a point mass."""
+        if not self.cfg.greedy:
+            return self.probs(logits)
+        x = np.where(self.blocked, -np.inf, np.asarray(logits, dtype=np.float64))
+        p = np.exp(x - x.max(-1, keepdims=True))
+        return p / p.sum(-1, keepdims=True)
+
+    def accept(self, token: int, p: np.ndarray, q: np.ndarray) -> bool:
+        """Speculative-sampling test: accept a draft `token` drawn from q with probability min(1, p/q)."""
+        if q[token] <= 0:
+            return p[token] > 0 and self.cfg.greedy
+        ratio = p[token] / q[token]
+        if ratio >= 1.0:
+            return True
+        if ratio <= 0.0:
+            return False
+        return bool(self.rng.random() < ratio)
+
+    def residual(self, p: np.ndarray, q: np.ndarray) -> int:
+        """The replacement after a rejection: a draw from norm(max(0, p - q)), which keeps the output
+        distributed exactly as p (Leviathan et al. 2023)."""
+        r = np.maximum(p - q, 0.0)
+        total = r.sum()
+        return self.draw(r / total if total > 1e-12 else p)

@@ -1,20 +1,30 @@
-"""One sequence's state and the primitives every decoding mode is built from: commit and rollback.
+"""One sequence's state and the primitives every decoding mode is built from.
 
-Per committed chunk of bytes the session makes a constant number of graph calls: patcher and encoder over
-the chunk, one global call for all patches the chunk closes, one decoder call. Patch boundaries, hash ids
-and the decoder's patch index are host bookkeeping (runtime/host.py). Caches stay at the local window plus
-a rollback slack.
+- `commit(ids)`: patcher and encoder over the new bytes, one global call for the patches they close, one
+  decoder call; exact (equals the full forward).
+- `rollback(n)`: forget positions ≥ n; every cache then equals a fresh prefill of ids[:n].
+- `draft_step(id)`: BLT-S drafting: encoder + decoder for one byte past the sequence with stale conditioning
+  (the latest closed patch's latent; no patcher, no global). `discard_drafts()` (or any commit) drops them.
+- `last_latent()`: the latent a block starting at the end attends to (forcing the open patch closed).
+- `scratch_states(ids)` / `block_logits(...)`: the encoder in scratch mode and `decoder_block` over a block
+  placed after the sequence; no cache changes.
+
+Boundaries, hash ids and the decoder's patch index are host bookkeeping (runtime/host.py). Caches stay at
+the local window plus a rollback slack.
 """
 
 from __future__ import annotations
 
 import bisect
+import time
 
 import numpy as np
+
 from fastblt.runtime import host
 from fastblt.runtime.cache import KVCache
 
 ROLLBACK_SLACK = 64
+NEG = np.finfo(np.float32).min
 
 
 class SequenceTooLongError(ValueError):
@@ -39,8 +49,13 @@ class Session:
         self.states_start = 0
         self.row_logits = np.zeros((64, cfg.vocab_size), dtype=np.float32)  # decoder logits, recent rows
         self.logits_start = 0
+        self.draft_ids: list[int] = []
         self.calls: dict[str, int] = {}
+        self.seconds: dict[str, float] = {}
+        self.byte_steps = {"patcher": 0, "encoder": 0}
+        self.forced_closures = 0
         self._gmax = max(cfg.hash_sizes)
+        self._limit = min(cfg.encoder.max_positions, cfg.decoder.max_positions, cfg.patcher.max_positions)
 
     # ---- queries -------------------------------------------------------------------------------------------
     @property
@@ -59,9 +74,11 @@ class Session:
             raise IndexError(f"logits of row {position} are not kept (rows {self.logits_start}..{self.length - 1})")
         return self.row_logits[position - self.logits_start]
 
-    # ---- primitives ------------------------------------------------------------------------------------------
+    # ---- committing -----------------------------------------------------------------------------------------
     def commit(self, new_ids) -> np.ndarray:
         """Append ids (BOS first on an empty session); returns decoder logits [t, V] of the new rows."""
+        if self.draft_ids:
+            self.discard_drafts()
         new = np.asarray(new_ids, dtype=np.int64).reshape(-1)
         t, n0, cfg = new.size, self.length, self.config
         if t == 0:
@@ -70,18 +87,16 @@ class Session:
             raise ValueError(f"a sequence must start with BOS={host.BOS}; got id {int(new[0])}")
         if int(new.min()) < 0 or int(new.max()) >= cfg.vocab_size:
             raise ValueError(f"ids must lie in [0, {cfg.vocab_size})")
-        limit = min(cfg.encoder.max_positions, cfg.decoder.max_positions, cfg.patcher.max_positions)
-        if n0 + t > limit:
-            raise SequenceTooLongError(f"sequence of {n0 + t} ids exceeds the model's {limit} byte positions; "
-                                       "shorten the prompt or max_new_bytes")
+        self._check_room(n0 + t)
         pos = np.arange(n0, n0 + t, dtype=np.int64)[None]
-        ent = self._run_stack("patcher", {"ids": new[None], "positions": pos})["entropies"][0]
-        hashes = host.hash_ids(new, cfg.hash_sizes, cfg.hash_vocab, cfg.hash_functions,
-                               history=self.ids[-(self._gmax - 1):] if self._gmax > 1 else ())
-        states = self._run_stack("encoder", {"ids": new[None], "hash_ids": hashes[None], "positions": pos})["states"][0]
+        ent = self._run("patcher", "patcher", {"ids": new[None], "positions": pos})["entropies"][0]
+        states = self._run("encoder", "encoder", {"ids": new[None], "hash_ids": self._hashes(new)[None],
+                                                  "positions": pos})["states"][0]
+        self.byte_steps["patcher"] += t
+        self.byte_steps["encoder"] += t
         self.ids.extend(int(i) for i in new)
         self.entropies.extend(float(h) for h in ent)
-        self._store_states(n0, states)
+        self.states = _put_rows(self.states, n0 - self.states_start, states)
 
         closing: list[tuple[int, int]] = []
         rows = np.empty(t, dtype=np.int64)
@@ -94,10 +109,12 @@ class Session:
                 self.patch_starts.append(j + 1)
             rows[j - n0] = self.n_closed - 1  # d(j): the last patch complete at j
         if closing:
-            self._close_patches(closing)
+            first = self.n_closed - len(closing)
+            memory = self._run("global", "global", self._patch_feeds(closing, first))["memory"][0]
+            self.memory = _put_rows(self.memory, first, memory)
         feeds = {"states": states[None], "positions": pos, "memory": self.memory[rows][None]}
-        logits = self._run_stack("decoder", feeds, graph="decoder_step")["logits"][0]
-        self._store_logits(n0, logits)
+        logits = self._run("decoder", "decoder_step", feeds)["logits"][0]
+        self.row_logits = _put_rows(self.row_logits, n0 - self.logits_start, logits)
         self._trim()
         return logits
 
@@ -107,6 +124,7 @@ class Session:
             raise ValueError(f"rollback length must be in [1, {self.length}], got {length}")
         if length - 1 < self.logits_start or length < self.states_start:
             raise ValueError(f"cannot roll back {self.length - length} bytes: at most {self.slack} are kept")
+        self.draft_ids.clear()
         for name in ("patcher", "encoder", "decoder"):
             self.caches[name].truncate(length)
         del self.ids[length:], self.entropies[length:]
@@ -114,78 +132,104 @@ class Session:
             self.patch_starts.pop()
         self.caches["global"].truncate(self.n_closed)
 
+    # ---- drafting and blocks --------------------------------------------------------------------------------
+    def draft_step(self, byte_id: int) -> np.ndarray:
+        """Logits [V] for the byte after `byte_id`, placed after the sequence and earlier drafts, conditioned on
+        the latest closed patch's latent (BLT-S's stale conditioning: no patcher, no global call)."""
+        n = self.length + len(self.draft_ids)
+        self._check_room(n + 1)
+        ids = np.array([byte_id], dtype=np.int64)
+        pos = np.array([[n]], dtype=np.int64)
+        states = self._run("encoder", "encoder", {"ids": ids[None], "hash_ids": self._hashes(ids, drafts=True)[None],
+                                                  "positions": pos})["states"]
+        self.byte_steps["encoder"] += 1
+        memory = self.memory[self.n_closed - 1][None, None]
+        logits = self._run("decoder", "decoder_step", {"states": states, "positions": pos, "memory": memory})
+        self.draft_ids.append(int(byte_id))
+        return logits["logits"][0, 0]
+
+    def discard_drafts(self) -> None:
+        self.caches["encoder"].truncate(self.length)
+        self.caches["decoder"].truncate(self.length)
+        self.draft_ids.clear()
+
+    def last_latent(self) -> np.ndarray:
+        """Memory slots [k, D] a block starting right after the sequence reads: the latent of the last patch,
+        closed by force if the patcher left it open (computed in scratch; the global cache is unchanged)."""
+        if self.patch_starts[-1] == self.length:
+            return self.memory[self.n_closed - 1]
+        self.forced_closures += 1
+        start = self.patch_starts[-1]
+        out = self._run("global", "global", self._patch_feeds([(start, self.length)], self.n_closed), keep=False)
+        return out["memory"][0, 0]
+
     def scratch_states(self, block_ids) -> np.ndarray:
         """Encoder states [B, D] of ids placed right after the sequence, without touching any cache
-        (the encoder's scratch mode: draft or diffusion blocks, MASK being an ordinary id)."""
-        cfg = self.config
+        (the encoder's scratch mode: diffusion blocks, MASK being an ordinary id)."""
         block = np.asarray(block_ids, dtype=np.int64).reshape(-1)
         n = self.length
+        self._check_room(n + block.size)
         pos = np.arange(n, n + block.size, dtype=np.int64)[None]
-        hashes = host.hash_ids(block, cfg.hash_sizes, cfg.hash_vocab, cfg.hash_functions,
-                               history=self.ids[-(self._gmax - 1):] if self._gmax > 1 else ())
-        past_k, past_v = self.caches["encoder"].visible()
-        out = self.backend.run("encoder", {"ids": block[None], "hash_ids": hashes[None], "positions": pos,
-                                           "past_key": past_k, "past_value": past_v})
-        self.calls["encoder"] = self.calls.get("encoder", 0) + 1
+        out = self._run("encoder", "encoder", {"ids": block[None], "hash_ids": self._hashes(block)[None],
+                                               "positions": pos}, keep=False)
+        self.byte_steps["encoder"] += block.size
         return out["states"][0]
 
-    def block_logits(self, states: np.ndarray, memory: np.ndarray, bidirectional: bool) -> dict:
+    def block_logits(self, states: np.ndarray, memory: np.ndarray, bidirectional: bool = True) -> np.ndarray:
         """decoder_block over rows placed right after the sequence: the committed prefix is read-only and
         visible (window permitting); rows see each other bidirectionally (diffusion) or causally (verify).
-        `memory` is [B, k, D] (per-row latent slots). Returns logits [B, V] and the block's K/V."""
+        `memory` is [B, k, D] (per-row latent slots). Returns logits [B, V]."""
         cfg = self.config
-        bsz = states.shape[0]
-        n = self.length
-        past_k, past_v = self.caches["decoder"].visible()
+        bsz, n = states.shape[0], self.length
+        past_k, _ = self.caches["decoder"].visible()
         t = past_k.shape[3]
         rows = np.arange(n, n + bsz)[:, None]
         keys = np.concatenate([np.arange(n - t, n), np.arange(n, n + bsz)])[None]
         ok = keys < n
         if cfg.decoder.window is not None:
             ok = ok & (rows - keys < cfg.decoder.window)
-        inner = np.ones((bsz, bsz), dtype=bool) if bidirectional else np.tri(bsz, dtype=bool)
-        ok[:, t:] = inner
-        bias = np.where(ok, 0.0, np.finfo(np.float32).min).astype(np.float32)[None]
-        out = self.backend.run("decoder_block", {
-            "states": states[None].astype(np.float32), "positions": np.arange(n, n + bsz, dtype=np.int64)[None],
-            "memory": memory[None].astype(np.float32), "attn_bias": bias, "past_key": past_k,
-            "past_value": past_v})
-        self.calls["decoder_block"] = self.calls.get("decoder_block", 0) + 1
-        return {"logits": out["logits"][0], "key": out["block_key"], "value": out["block_value"]}
+        ok[:, t:] = True if bidirectional else np.tri(bsz, dtype=bool)
+        feeds = {"states": states[None].astype(np.float32), "positions": np.arange(n, n + bsz, dtype=np.int64)[None],
+                 "memory": memory[None].astype(np.float32),
+                 "attn_bias": np.where(ok, 0.0, NEG).astype(np.float32)[None]}
+        return self._run("decoder", "decoder_block", feeds, keep=False)["logits"][0]
 
     # ---- internals -------------------------------------------------------------------------------------------
-    def _run_stack(self, stack: str, feeds: dict, graph: str | None = None) -> dict:
-        graph = graph or stack
+    def _hashes(self, ids: np.ndarray, drafts: bool = False) -> np.ndarray:
+        cfg = self.config
+        history = self.ids + self.draft_ids if drafts else self.ids
+        return host.hash_ids(ids, cfg.hash_sizes, cfg.hash_vocab, cfg.hash_functions,
+                             history=history[-(self._gmax - 1):] if self._gmax > 1 else ())
+
+    def _check_room(self, n: int) -> None:
+        if n > self._limit:
+            raise SequenceTooLongError(f"sequence of {n} ids exceeds the model's {self._limit} byte positions; "
+                                       "shorten the prompt or max_new_bytes")
+
+    def _run(self, stack: str, graph: str, feeds: dict, keep: bool = True) -> dict:
         cache = self.caches[stack]
         feeds["past_key"], feeds["past_value"] = cache.visible()
+        t0 = time.perf_counter()
         out = self.backend.run(graph, feeds)
+        self.seconds[graph] = self.seconds.get(graph, 0.0) + time.perf_counter() - t0
         self.calls[graph] = self.calls.get(graph, 0) + 1
-        cache.append(out["new_key"], out["new_value"])
+        if keep:
+            cache.append(out["new_key"], out["new_value"])
         return out
 
-    def _close_patches(self, closing: list[tuple[int, int]]) -> None:
+    def _patch_feeds(self, spans: list[tuple[int, int]], first: int) -> dict:
         cfg = self.config
-        width = max(end - start for start, end in closing)
-        if self.n_closed > cfg.global_transformer.max_positions:
-            raise SequenceTooLongError(f"{self.n_closed} patches exceed the global transformer's "
+        if first + len(spans) > cfg.global_transformer.max_positions:
+            raise SequenceTooLongError(f"{first + len(spans)} patches exceed the global transformer's "
                                        f"{cfg.global_transformer.max_positions} positions")
-        p = len(closing)
-        patch_states = np.zeros((1, p, width, cfg.encoder.dim), dtype=np.float32)
-        mask = np.zeros((1, p, width), dtype=bool)
-        for i, (start, end) in enumerate(closing):
+        width = max(end - start for start, end in spans)
+        patch_states = np.zeros((1, len(spans), width, cfg.encoder.dim), dtype=np.float32)
+        mask = np.zeros((1, len(spans), width), dtype=bool)
+        for i, (start, end) in enumerate(spans):
             patch_states[0, i, : end - start] = self.states[start - self.states_start: end - self.states_start]
             mask[0, i, : end - start] = True
-        first = self.n_closed - p
-        feeds = {"patch_states": patch_states, "patch_mask": mask,
-                 "patch_positions": np.arange(first, first + p, dtype=np.int64)[None]}
-        memory = self._run_stack("global", feeds)["memory"][0]
-        self.memory = _put_rows(self.memory, first, memory)
-
-    def _store_states(self, n0: int, states: np.ndarray) -> None:
-        self.states = _put_rows(self.states, n0 - self.states_start, states)
-
-    def _store_logits(self, n0: int, logits: np.ndarray) -> None:
-        self.row_logits = _put_rows(self.row_logits, n0 - self.logits_start, logits)
+        return {"patch_states": patch_states, "patch_mask": mask,
+                "patch_positions": np.arange(first, first + len(spans), dtype=np.int64)[None]}
 
     def _trim(self) -> None:
         """Keep what a rollback of up to `slack` bytes needs: encoder states from the start of the patch that

@@ -25,6 +25,7 @@ def hf_checkpoints(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model():
     import torch
+
     from fastblt.graphs.config import tiny_config
     from fastblt.graphs.model import BltModel
 

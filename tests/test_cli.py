@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from click.testing import CliRunner
+
 from fastblt.export.cli import main as export_main
 from fastblt.runtime.cli import main as run_main
 

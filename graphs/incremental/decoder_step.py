@@ -7,8 +7,9 @@ right before the first new position).
 from __future__ import annotations
 
 import torch
-from fastblt.graphs.layers import past_positions, window_bias
 from torch import nn
+
+from fastblt.graphs.layers import past_positions, window_bias
 
 
 class DecoderStepGraph(nn.Module):

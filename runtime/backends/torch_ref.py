@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from fastblt.graphs.spec import graph_specs
 from fastblt.runtime.backends import check_feeds
 

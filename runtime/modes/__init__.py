@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-MODES = ("ar",)  # BLT-D, BLT-S and BLT-DV join as their modules land
+MODES = ("ar", "bltd", "blts", "bltdv")

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from fastblt.runtime.counters import Counters
 from fastblt.runtime.host import EOS
 from fastblt.runtime.sampling import Sampler
 from fastblt.runtime.session import Session
 
 
-def run(session: Session, sampler: Sampler, budget: int, **_options) -> Iterator[dict]:
-    """Yield one event per committed byte until the caller stops iterating or the budget is spent."""
+def run(session: Session, sampler: Sampler, budget: int, counters: Counters, **_options) -> Iterator[dict]:
     logits = session.logits()
     for _ in range(budget):
         byte_id = sampler.sample(logits)
+        counters.paper_n_dec += 1
         if byte_id == EOS:  # nothing follows EOS: no need to run the graphs on it
             yield {"type": "commit", "ids": [byte_id]}
             return
+        closed = session.n_closed
         logits = session.commit([byte_id])[-1]
+        counters.n_dec["ar_step"] += 1
+        counters.paper_n_enc += session.n_closed - closed
         yield {"type": "commit", "ids": [byte_id]}

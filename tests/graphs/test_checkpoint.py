@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 import torch
+
 from fastblt.graphs import CheckpointError, ConfigError, load_model, save_model
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from fastblt.graphs.config import BltConfig, ConfigError, tiny_config
 
 

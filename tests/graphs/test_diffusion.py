@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fastblt.graphs.config import tiny_config
-from fastblt.graphs.diffusion import bltd_loss, block_logits, make_blocks, noise
+from fastblt.graphs.diffusion import block_logits, bltd_loss, make_blocks, noise
 from fastblt.graphs.model import BltModel
 from fastblt.runtime.backends.torch_ref import TorchBackend
 from fastblt.runtime.session import Session

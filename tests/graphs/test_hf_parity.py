@@ -7,6 +7,7 @@ import pytest
 import torch
 from blt_helpers import PROMPTS, ids_of
 from conftest import HF_CONFIGS
+
 from fastblt.graphs import load_model
 from fastblt.runtime import host
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from blt_helpers import PROMPTS, ids_of
+
 from fastblt.graphs import load_model
 from fastblt.runtime.backends.torch_ref import TorchBackend
 from fastblt.runtime.session import Session

@@ -19,7 +19,7 @@ from fastblt.graphs.config import tiny_config
 from fastblt.graphs.data import CorpusError, corpus_documents
 from fastblt.graphs.model import BltModel
 from fastblt.graphs.pipeline import adapt_decoder
-from fastblt.graphs.train import Trainer, TrainConfig, TrainError
+from fastblt.graphs.train import TrainConfig, Trainer, TrainError
 from fastblt.graphs.train_state import ResumeError
 
 TEXT = "def add(a, b):\n    return a + b\n\nclass Point:\n    x: int = 0\n    y: int = 0\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from fastblt.runtime.backends import FeedError
 from fastblt.runtime.backends.torch_ref import TorchBackend
 

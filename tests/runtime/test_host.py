@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from fastblt.graphs.config import tiny_config
 from fastblt.graphs.model import BltModel
 from fastblt.runtime import host
