@@ -143,6 +143,115 @@ def train_decoder(checkpoint, run_dir, out, corpora, steps, batch_size, seq_len,
     click.echo(f"wrote {path}")
 
 
+def _model_or_default(checkpoint):
+    from fastblt.graphs import default_model_path, load_model
+
+    path = Path(checkpoint) if checkpoint else default_model_path()
+    if not checkpoint and not (path / "config.json").is_file():
+        raise click.ClickException(f"no checkpoint given and no default model bundled at {path}")
+    return load_model(path)
+
+
+@main.command()
+@click.argument("checkpoint", required=False, type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="Bundle directory (written atomically).")
+@click.option("--precision", "precisions", default="fp32,int8", show_default=True,
+              help="Comma-separated: fp32 (always), int8, fp8.")
+@click.option("--block-sizes", default=None, help="decoder_block sizes to export (default: all trained).")
+@click.option("--engines", type=click.Choice(["auto", "yes", "no"]), default="auto", show_default=True,
+              help="TensorRT engines: auto = when an NVIDIA GPU with TensorRT is present.")
+def build(checkpoint, out, precisions, block_sizes, engines):
+    """Export CHECKPOINT (default: the bundled model) to a validated, quantized bundle."""
+    try:
+        from fastblt.export.bundle import build_bundle
+
+        model = _model_or_default(checkpoint)
+        sizes = _ints(block_sizes) if block_sizes else None
+        path = build_bundle(model, Path(out), tuple(p.strip() for p in precisions.split(",") if p.strip()), sizes,
+                            engines, log=lambda m: click.echo(m, err=True))
+    except (ValueError, OSError, RuntimeError) as exc:
+        _fail(exc)
+    _print_bundle(path)
+
+
+@main.command()
+@click.argument("checkpoint", required=False, type=click.Path())
+@click.option("--out", required=True, type=click.Path())
+@click.option("--block-sizes", default=None)
+def onnx(checkpoint, out, block_sizes):
+    """Only the FP32 ONNX graphs (validated against torch), no quantization or engines."""
+    try:
+        from fastblt.export.bundle import build_bundle
+
+        sizes = _ints(block_sizes) if block_sizes else None
+        path = build_bundle(_model_or_default(checkpoint), Path(out), ("fp32",), sizes, "no",
+                            log=lambda m: click.echo(m, err=True))
+    except (ValueError, OSError, RuntimeError) as exc:
+        _fail(exc)
+    _print_bundle(path)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--precision", "precisions", default="int8", show_default=True)
+def quantize(bundle, precisions):
+    """Add quantized graphs (int8, fp8) to an existing bundle, calibrated on real text."""
+    try:
+        from fastblt.export.bundle import quantize_bundle
+
+        quantize_bundle(Path(bundle), tuple(p.strip() for p in precisions.split(",") if p.strip()),
+                        log=lambda m: click.echo(m, err=True))
+    except (ValueError, OSError, RuntimeError) as exc:
+        _fail(exc)
+    _print_bundle(Path(bundle))
+
+
+@main.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--precision", "precisions", default="fp32", show_default=True)
+def engine(bundle, precisions):
+    """Build TensorRT engines for a bundle on this machine's GPU (run it on the target device)."""
+    try:
+        from fastblt.export.bundle import engine_bundle
+
+        engine_bundle(Path(bundle), tuple(p.strip() for p in precisions.split(",") if p.strip()),
+                      log=lambda m: click.echo(m, err=True))
+    except (ValueError, OSError, RuntimeError) as exc:
+        _fail(exc)
+    _print_bundle(Path(bundle))
+
+
+@main.command()
+@click.argument("bundle", type=click.Path())
+def check(bundle):
+    """Verify every file of a bundle (sha256) and run each precision through ONNX Runtime."""
+    try:
+        from fastblt.runtime.backends.ort import OrtBackend
+        from fastblt.runtime.generator import Generator
+        from fastblt.runtime.manifest import Manifest
+
+        manifest = Manifest.load(bundle)
+        for precision in manifest.precisions:
+            gen = Generator(OrtBackend(manifest, precision))
+            result = gen.generate("def main():", max_new_bytes=16)
+            click.echo(f"{precision}: all graphs verified and loaded; greedy sample {result.text!r}")
+    except (ValueError, OSError, RuntimeError) as exc:
+        _fail(exc)
+
+
+def _print_bundle(path: Path) -> None:
+    from fastblt.runtime.manifest import Manifest
+
+    data = Manifest.load(path).data
+    click.echo(f"bundle {path}: precisions {data['precisions']}, block sizes {data['block_sizes']}, "
+               f"{len(data['graphs'])} graphs, {len(data.get('engines', []))} engines")
+    for name, q in data.get("quality", {}).items():
+        if "heldout_bpb" in q:
+            agree = q.get("greedy_agreement_vs_fp32", {}).get("identical")
+            extra = f", greedy identical to fp32 on {agree:.0%} of prompts" if agree is not None else ""
+            click.echo(f"  {name:6s} held-out bits/byte {q['heldout_bpb']:.4f}{extra}")
+
+
 @main.command("import-hf")
 @click.argument("hf_dir", type=click.Path())
 @click.option("--out", required=True, type=click.Path())
@@ -166,10 +275,16 @@ def import_hf(hf_dir, out, dtype):
 @click.argument("checkpoint", type=click.Path())
 @click.option("--json", "as_json", is_flag=True)
 def inspect(checkpoint, as_json):
-    """Print a checkpoint's config and parameter counts per component (no torch needed)."""
+    """Print a checkpoint's (or a bundle's) config and parameter counts per component (no torch needed)."""
     from fastblt.graphs import read_config
     from fastblt.graphs.params import param_counts
 
+    if (Path(checkpoint) / "manifest.json").is_file():
+        try:
+            _print_bundle(Path(checkpoint))
+        except ValueError as exc:
+            _fail(exc)
+        return
     try:
         cfg, kind = read_config(Path(checkpoint))
     except ValueError as exc:

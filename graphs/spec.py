@@ -96,3 +96,31 @@ def graph_specs(cfg: BltConfig) -> dict[str, GraphSpec]:
 
 
 GRAPH_NAMES = ("patcher", "encoder", "global", "decoder_step", "decoder_block")
+
+
+MAX_CHUNK = 512  # most new bytes one patcher/encoder/decoder_step call takes (prefill is chunked to this)
+ROLLBACK_SLACK = 64  # cache entries kept beyond the window for rollback (mirrors runtime.session)
+
+
+def dim_ranges(cfg: BltConfig, block_size: int | None = None) -> dict[str, tuple[int, int, int]]:
+    """(min, opt, max) of every symbolic dim, shared by export (dynamic shapes), validation (sample sizes)
+    and TensorRT optimization profiles. "T" is the cache length of the graph's own stack."""
+    def cache(sub: TransformerConfig) -> tuple[int, int, int]:
+        if sub.window is None:
+            return (0, 256, sub.max_positions)
+        return (0, sub.window - 1, sub.window - 1 + ROLLBACK_SLACK)
+
+    longest = cfg.max_patch_length or 64
+    ranges = {
+        "b": (1, 1, 1),
+        "t": (1, 1, MAX_CHUNK),
+        "P": (1, 1, max(1, MAX_CHUNK // 1)),
+        "L": (1, min(4, longest), max(longest, 1)),
+        "T:patcher": cache(cfg.patcher),
+        "T:encoder": cache(cfg.encoder),
+        "T:global_transformer": (0, 64, cfg.global_transformer.max_positions - 1),
+        "T:decoder": cache(cfg.decoder),
+    }
+    if block_size is not None:
+        ranges["B"] = (block_size, block_size, block_size)
+    return ranges

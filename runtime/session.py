@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 
+from fastblt.graphs.spec import MAX_CHUNK
 from fastblt.runtime import host
 from fastblt.runtime.cache import KVCache
 
@@ -80,6 +81,8 @@ class Session:
         if self.draft_ids:
             self.discard_drafts()
         new = np.asarray(new_ids, dtype=np.int64).reshape(-1)
+        if new.size > MAX_CHUNK:  # graphs (and TensorRT profiles) take at most MAX_CHUNK new bytes per call
+            return np.concatenate([self.commit(new[i:i + MAX_CHUNK]) for i in range(0, new.size, MAX_CHUNK)])
         t, n0, cfg = new.size, self.length, self.config
         if t == 0:
             raise ValueError("commit needs at least one id")

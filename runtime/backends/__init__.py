@@ -54,12 +54,17 @@ def check_feeds(spec: GraphSpec, feeds: dict[str, np.ndarray]) -> None:
 
 
 def load_backend(name: str, source, **options) -> Backend:
-    """Backend by name over a checkpoint directory (torch) or an exported bundle (ort, trt)."""
+    """Backend by name over a checkpoint directory (torch) or a bundle from `blt-export build` (ort, trt)."""
     if name == "torch":
         from fastblt.runtime.backends.torch_ref import TorchBackend
 
         return TorchBackend(source, **options)
-    if name in BACKENDS:
-        raise ValueError(f"backend {name!r} needs an exported bundle, which this version cannot build yet; "
-                         "use --backend torch")
+    if name == "ort":
+        from fastblt.runtime.backends.ort import OrtBackend
+
+        return OrtBackend(source, **options)
+    if name == "trt":
+        from fastblt.runtime.backends.trt import TensorRTBackend
+
+        return TensorRTBackend(source, **options)
     raise ValueError(f"unknown backend {name!r}; valid backends are {list(BACKENDS)}")

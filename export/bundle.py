@@ -1,0 +1,237 @@
+"""`blt-export build`: checkpoint → ONNX graphs → validation → quantized variants → (engines) → bundle.
+
+Everything is written into a temporary directory next to the destination and renamed into place at the
+end, so an interrupted or failed build never leaves a half-written bundle.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import shutil
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+from fastblt.export.onnx_export import OPSET, export_graph
+from fastblt.export.quantize import PRECISIONS, QuantizeError, modelopt_available, quantize_graph
+from fastblt.graphs.spec import GRAPH_NAMES, graph_specs
+from fastblt.runtime.manifest import graph_key, sha256_file, write_manifest
+
+
+class BuildError(RuntimeError):
+    """The build cannot proceed; nothing was written."""
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("fastblt", "torch", "onnx", "onnxscript", "onnxruntime", "nvidia-modelopt", "tensorrt"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def check_request(precisions: tuple[str, ...], engines: str) -> None:
+    """Refuse what cannot be built here before any work starts."""
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad or "fp32" not in precisions:
+        raise BuildError(f"precisions {list(precisions)}: each must be one of {list(PRECISIONS)} and fp32 is always "
+                         "built (the reference the others are checked against)")
+    if "fp8" in precisions and not modelopt_available():
+        raise QuantizeError("--precision fp8 needs NVIDIA ModelOpt: pip install --no-deps nvidia-modelopt==0.47.0")
+    if engines not in ("auto", "yes", "no"):
+        raise BuildError(f"--engines {engines!r}; valid values are auto, yes, no")
+    if engines == "no":
+        return
+    from fastblt.export.trt_build import check_precision, device_info
+
+    info = device_info()
+    if info is None:
+        if engines == "yes":
+            raise BuildError("--engines yes needs an NVIDIA GPU with TensorRT (none found); use --engines auto or no")
+        return
+    for p in precisions:
+        check_precision(p, info)
+
+
+def build_bundle(model, out: Path, precisions: tuple[str, ...] = ("fp32", "int8"),
+                 block_sizes: tuple[int, ...] | None = None, engines: str = "auto", log=print,
+                 heldout: list[list[int]] | None = None) -> Path:
+    from fastblt.export.calibration import heldout_bpb, prompts_from, record
+    from fastblt.export.validate import validate_graph
+    from fastblt.graphs.incremental import build_graphs
+    from fastblt.runtime.backends.ort import OrtBackend
+    from fastblt.runtime.backends.torch_ref import TorchBackend
+
+    cfg = model.config
+    block_sizes = tuple(cfg.block_sizes if block_sizes is None else block_sizes)
+    missing = [b for b in block_sizes if b not in cfg.block_sizes]
+    if missing:
+        raise BuildError(f"block sizes {missing} were not trained; this model supports {list(cfg.block_sizes)}")
+    check_request(precisions, engines)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    try:
+        if heldout is None:
+            from fastblt.graphs.data import heldout_windows
+
+            heldout = heldout_windows(None, 256, 16)
+        prompts = prompts_from(heldout, 8)
+        log(f"recording real-text graph inputs ({len(prompts)} prompts, all modes)")
+        torch_backend = TorchBackend(model)
+        rec = record(torch_backend, prompts[:4])
+        modules, specs = build_graphs(model), graph_specs(cfg)
+        entries, validation = {}, {}
+        (tmp / "fp32").mkdir()
+        for graph in GRAPH_NAMES:
+            for b in (block_sizes if graph == "decoder_block" else (None,)):
+                key = graph_key(graph, b)
+                path = tmp / "fp32" / f"{key}.onnx"
+                log(f"exporting {key}")
+                export_graph(modules[graph], specs[graph], cfg, path, block_size=b)
+                validation[key] = validate_graph(path, modules[graph], specs[graph], cfg, rec.records.get(key, []), b)
+                entries[key] = {"graph": graph, "block_size": b, "files": {}}
+        manifest = {"created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                    "model": cfg.to_dict(), "opset": OPSET, "block_sizes": list(block_sizes),
+                    "special_ids": {"boe": 0, "bos": 1, "eos": 2, "mask": cfg.mask_id, "pad": cfg.pad_id},
+                    "patching": {"threshold": cfg.patch_threshold, "max_patch_length": cfg.max_patch_length},
+                    "precisions": ["fp32"], "graphs": entries, "validation": validation,
+                    "quantization": {}, "engines": [], "tools": _versions()}
+        _register(tmp, manifest, "fp32")
+        write_manifest(tmp, manifest)
+        quality = {"fp32": {"heldout_bpb": heldout_bpb(OrtBackend(tmp, "fp32"), heldout)}}
+        torch_bpb = heldout_bpb(torch_backend, heldout)
+        quality["torch"] = {"heldout_bpb": torch_bpb}
+        add_precisions(tmp, manifest, [p for p in precisions if p != "fp32"], rec, heldout, prompts, quality, log)
+        manifest["quality"] = quality
+        manifest["quality"]["heldout"] = {"windows": len(heldout), "bytes": sum(len(w) - 1 for w in heldout)}
+        if engines != "no":
+            _engines(tmp, manifest, precisions, block_sizes, log)
+        write_manifest(tmp, manifest)
+        _replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def add_precisions(root: Path, manifest: dict, precisions, rec, heldout, prompts, quality: dict, log) -> None:
+    """Quantize every graph of the bundle in `root` to each precision, calibrated on `rec`'s recorded inputs,
+    and record held-out bits/byte and greedy agreement with FP32 (both through ONNX Runtime)."""
+    from fastblt.export.calibration import greedy_agreement, heldout_bpb
+    from fastblt.runtime.backends.ort import OrtBackend
+
+    reference = OrtBackend(root, "fp32")
+    for precision in precisions:
+        (root / precision).mkdir(exist_ok=True)
+        info = {}
+        for key in manifest["graphs"]:
+            log(f"quantizing {key} to {precision}")
+            feeds = [f for f, _ in rec.records.get(key, [])]
+            info[key] = quantize_graph(root / "fp32" / f"{key}.onnx", root / precision / f"{key}.onnx", precision,
+                                       feeds)
+        _register(root, manifest, precision)
+        write_manifest(root, manifest)
+        backend = OrtBackend(root, precision)
+        quality[precision] = {"heldout_bpb": heldout_bpb(backend, heldout),
+                              "greedy_agreement_vs_fp32": greedy_agreement(reference, backend, prompts)}
+        manifest["quantization"][precision] = info
+
+
+def quantize_bundle(bundle: Path, precisions: tuple[str, ...], log=print) -> Path:
+    """Add quantized precisions to an existing bundle (calibrated through its own FP32 graphs; no torch)."""
+    from fastblt.export.calibration import prompts_from, record
+    from fastblt.graphs.data import heldout_windows
+    from fastblt.runtime.backends.ort import OrtBackend
+    from fastblt.runtime.manifest import Manifest
+
+    check_request(("fp32", *precisions), "no")
+    bundle = Path(bundle)
+    manifest = Manifest.load(bundle).data
+    tmp = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.building-", dir=bundle.parent))
+    try:
+        shutil.rmtree(tmp)
+        shutil.copytree(bundle, tmp)
+        heldout = heldout_windows(None, 256, 16)
+        prompts = prompts_from(heldout, 8)
+        rec = record(OrtBackend(tmp, "fp32"), prompts[:4])
+        quality = manifest.setdefault("quality", {})
+        add_precisions(tmp, manifest, list(precisions), rec, heldout, prompts, quality, log)
+        write_manifest(tmp, {k: v for k, v in manifest.items() if k not in ("format", "format_version")})
+        _replace(tmp, bundle)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return bundle
+
+
+def _register(root: Path, manifest: dict, precision: str) -> None:
+    for key, entry in manifest["graphs"].items():
+        path = root / precision / f"{key}.onnx"
+        entry["files"][precision] = {"path": f"{precision}/{key}.onnx", "sha256": sha256_file(path),
+                                     "bytes": path.stat().st_size}
+    if precision not in manifest["precisions"]:
+        manifest["precisions"].append(precision)
+
+
+def _engines(root: Path, manifest: dict, precisions, block_sizes, log) -> None:
+    from fastblt.export.trt_build import build_engine, device_info
+    from fastblt.graphs.spec import dim_ranges
+
+    info = device_info()
+    if info is None:
+        log("no NVIDIA GPU with TensorRT here: skipping engines (build them on the target with `blt-export engine`)")
+        return
+    cfg_specs = graph_specs(manifest_config(manifest))
+    (root / "engines").mkdir(exist_ok=True)
+    for precision in precisions:
+        for key, entry in manifest["graphs"].items():
+            log(f"building TensorRT engine {key} ({precision}) for {info.gpu_name}")
+            ranges = dim_ranges(manifest_config(manifest), entry["block_size"])
+            record = build_engine(root / entry["files"][precision]["path"], cfg_specs[entry["graph"]], ranges,
+                                  precision, root / "engines", info, root / "engines" / "timing.cache")
+            record["graph_key"], record["path"] = key, f"engines/{record['path']}"
+            manifest["engines"].append(record)
+
+
+def manifest_config(manifest: dict):
+    from fastblt.graphs.config import BltConfig
+
+    return BltConfig.from_dict(manifest["model"])
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a bundle is meant to be shared
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def engine_bundle(bundle: Path, precisions: tuple[str, ...], log=print) -> Path:
+    """Build TensorRT engines into an existing bundle (on the target GPU); replaces older engines."""
+    from fastblt.runtime.manifest import Manifest
+
+    check_request(("fp32", *precisions) if "fp32" not in precisions else precisions, "yes")
+    bundle = Path(bundle)
+    manifest = Manifest.load(bundle).data
+    missing = [p for p in precisions if p not in manifest["precisions"]]
+    if missing:
+        raise BuildError(f"{bundle}: no {missing} graphs to build engines from; run `blt-export quantize` first")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.building-", dir=bundle.parent))
+    try:
+        shutil.rmtree(tmp)
+        shutil.copytree(bundle, tmp)
+        manifest["engines"] = [e for e in manifest.get("engines", []) if e["precision"] not in precisions]
+        _engines(tmp, manifest, precisions, manifest["block_sizes"], log)
+        write_manifest(tmp, manifest)
+        _replace(tmp, bundle)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return bundle

@@ -1,0 +1,82 @@
+"""Real-text inputs for calibration and validation, and held-out quality metrics of any backend.
+
+A recording backend wraps the torch reference while the runtime generates from held-out text in every mode,
+so each graph's calibration set is exactly the tensors it sees in deployment.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+
+from fastblt.runtime.generator import Generator
+from fastblt.runtime.host import OFFSET
+from fastblt.runtime.manifest import graph_key
+from fastblt.runtime.session import Session
+from fastblt.runtime.unmask import UnmaskConfig
+
+
+class RecordingBackend:
+    """Delegates to a backend and keeps (feeds, outputs) of up to `limit` calls per graph file."""
+
+    def __init__(self, inner, limit: int = 64) -> None:
+        self.inner, self.limit = inner, limit
+        self.name, self.config, self.specs = "recording", inner.config, inner.specs
+        self.records: dict[str, list[tuple[dict, dict]]] = defaultdict(list)
+
+    def run(self, graph, feeds):
+        out = self.inner.run(graph, feeds)
+        key = graph_key(graph, feeds["states"].shape[1]) if graph == "decoder_block" else graph
+        if len(self.records[key]) < self.limit:
+            self.records[key].append(({k: v.copy() for k, v in feeds.items()}, {k: v.copy() for k, v in out.items()}))
+        return out
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def record(backend, prompts: list[bytes], new_bytes: int = 48, limit: int = 64) -> RecordingBackend:
+    """Run every mode the model supports over the prompts, recording each graph's real inputs."""
+    rec = RecordingBackend(backend, limit)
+    gen = Generator(rec)
+    cfg = backend.config
+    for prompt in prompts:
+        gen.generate(prompt, mode="ar", max_new_bytes=new_bytes)
+        gen.generate(prompt, mode="blts", max_new_bytes=new_bytes, draft_k=4)
+        for block in cfg.block_sizes:
+            gen.generate(prompt, mode="bltd", max_new_bytes=new_bytes, block_size=block,
+                         unmask=UnmaskConfig("confidence", alpha=0.5))
+    return rec
+
+
+def heldout_bpb(backend, windows: list[list[int]]) -> float:
+    """Next-byte bits per byte of the runtime's own logits (exactly what generation samples from)."""
+    total, count = 0.0, 0
+    for ids in windows:
+        if len(ids) < 2:
+            continue
+        logits = Session(backend).commit(ids[:-1]).astype(np.float64)
+        logits -= logits.max(-1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        total -= float(logp[np.arange(len(ids) - 1), ids[1:]].sum())
+        count += len(ids) - 1
+    return total / max(count, 1) / math.log(2)
+
+
+def greedy_agreement(reference, other, prompts: list[bytes], new_bytes: int = 64) -> dict:
+    """Fraction of prompts whose greedy continuation is byte-identical, and the mean shared prefix."""
+    ref, oth = Generator(reference), Generator(other)
+    same, prefix = 0, []
+    for prompt in prompts:
+        a = ref.generate(prompt, max_new_bytes=new_bytes).bytes
+        b = oth.generate(prompt, max_new_bytes=new_bytes).bytes
+        same += a == b
+        prefix.append(next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))))
+    return {"identical": same / max(len(prompts), 1), "mean_shared_prefix_bytes": float(np.mean(prefix)),
+            "prompts": len(prompts), "new_bytes": new_bytes}
+
+
+def prompts_from(windows: list[list[int]], n: int, length: int = 96) -> list[bytes]:
+    return [bytes(i - OFFSET for i in w[1:length + 1] if OFFSET <= i < OFFSET + 256) for w in windows[:n]]

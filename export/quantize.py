@@ -1,0 +1,90 @@
+"""Post-training quantization to Q/DQ ONNX, calibrated on real text: INT8 and FP8 (E4M3).
+
+NVIDIA ModelOpt's ONNX PTQ is used when it is installed (INT8 and FP8; TensorRT-friendly Q/DQ placement);
+ONNX Runtime's `quantize_static` is the INT8 fallback (symmetric, per-channel weights, weight MatMuls only,
+which keeps zero points at 0 as TensorRT requires). FP8 needs ModelOpt.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+PRECISIONS = ("fp32", "int8", "fp8")
+MODELOPT_HINT = ("pip install --no-deps nvidia-modelopt==0.47.0 (its [onnx] extra pins an old onnx and "
+                 "onnxruntime-gpu; install it without the extra, next to onnx, onnxruntime and onnx-graphsurgeon)")
+
+
+class QuantizeError(RuntimeError):
+    """Quantization is impossible with what is installed, or failed."""
+
+
+def modelopt_available() -> bool:
+    try:
+        import modelopt.onnx.quantization  # noqa: F401
+    except Exception:  # ImportError, or a broken optional dependency inside modelopt
+        return False
+    return True
+
+
+def _weight_matmuls(path: Path) -> list[str]:
+    """MatMul/Gemm nodes with a constant weight input: activation×activation products (attention) stay
+    in float, which costs nothing in size and keeps the attention scores exact."""
+    import onnx
+
+    model = onnx.load(str(path))
+    consts = {i.name for i in model.graph.initializer}
+    consts |= {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
+    return [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and any(i in consts for i in n.input)]
+
+
+class _Reader:
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self.it = iter(feeds)
+
+    def get_next(self):
+        return next(self.it, None)
+
+
+def quantize_ort_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> dict:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    nodes = _weight_matmuls(src)
+    if not nodes:
+        shutil.copyfile(src, dst)
+        return {"tool": "none (no weight MatMul)", "quantized_nodes": 0}
+    quantize_static(str(src), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
+                    calibrate_method=CalibrationMethod.MinMax,
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
+    return {"tool": "onnxruntime.quantize_static", "quantized_nodes": len(nodes), "calibration_calls": len(feeds)}
+
+
+def quantize_modelopt(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], mode: str) -> dict:
+    from modelopt.onnx.quantization import quantize
+
+    # ModelOpt calibrates on one batch per input; use the largest recorded call (most rows of real text)
+    best = max(feeds, key=lambda f: max(v.size for v in f.values()))
+    quantize(onnx_path=str(src), quantize_mode=mode, calibration_data=best, calibration_method="max",
+             calibration_eps=["cpu"], high_precision_dtype="fp32", output_path=str(dst))
+    return {"tool": "nvidia-modelopt", "mode": mode, "calibration": "max"}
+
+
+def quantize_graph(src: Path, dst: Path, precision: str, feeds: list[dict[str, np.ndarray]]) -> dict:
+    if precision not in ("int8", "fp8"):
+        raise QuantizeError(f"precision {precision!r}; quantized precisions are int8 and fp8")
+    if not feeds:
+        raise QuantizeError(f"{src.name}: no calibration inputs were recorded for this graph")
+    if precision == "fp8":
+        if not modelopt_available():
+            raise QuantizeError(f"--precision fp8 needs NVIDIA ModelOpt: {MODELOPT_HINT}")
+        return quantize_modelopt(src, dst, feeds, "fp8")
+    if modelopt_available():
+        try:
+            return quantize_modelopt(src, dst, feeds, "int8")
+        except Exception as exc:  # fall back rather than fail the build; the report says so
+            info = quantize_ort_int8(src, dst, feeds)
+            return {**info, "modelopt_error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    return quantize_ort_int8(src, dst, feeds)

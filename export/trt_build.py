@@ -1,0 +1,277 @@
+"""TensorRT engine building: one serialized engine per graph and precision, keyed to the device that built it.
+
+An engine only runs on the GPU model, compute capability and TensorRT version it was built with, so every
+engine record carries those three plus the sha256 of its ONNX, and `check_engine` refuses a stale engine
+with the exact difference. Precision comes from the ONNX itself (Q/DQ nodes for int8/fp8, an FP16 graph for
+fp16) and the network is strongly typed: TensorRT 11 removed the FP16/INT8 builder flags and calibrators.
+
+tensorrt and cuda-python are imported inside functions, so this module imports on any CPU machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastblt.graphs.spec import GraphSpec, TensorSpec
+from fastblt.runtime.manifest import graph_key, sha256_file
+
+TRT_HINT = ("the TensorRT backend needs tensorrt (>= 10.3) and cuda-python: pip install 'fastblt[trt]' cuda-python "
+            "(on Jetson use JetPack's tensorrt Python bindings; see the README's TensorRT section)")
+PRECISIONS = ("fp32", "fp16", "int8", "fp8")
+FP8_MIN_CC = (8, 9)
+REBUILD = "rebuild the engines on this machine with `blt-export engine BUNDLE`"
+
+
+class PrecisionError(ValueError):
+    """A precision this GPU or this build path cannot provide."""
+
+
+class EngineBuildError(RuntimeError):
+    """TensorRT could not parse the ONNX or build the engine; the message lists what TensorRT reported."""
+
+
+class EngineMismatchError(ValueError):
+    """An engine was built for another GPU, TensorRT version or ONNX file."""
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    gpu_name: str
+    compute_capability: str  # "8.9"
+    trt_version: str
+    is_jetson: bool
+
+
+def import_cudart():
+    """cuda-python's runtime module: `cuda.bindings.runtime` (cuda-python >= 12.6) or the older `cuda.cudart`."""
+    try:
+        from cuda.bindings import runtime
+
+        return runtime
+    except ImportError:
+        pass
+    try:
+        from cuda import cudart
+
+        return cudart
+    except ImportError:
+        raise ImportError(TRT_HINT) from None
+
+
+def import_tensorrt():
+    try:
+        import tensorrt
+    except ImportError:
+        raise ImportError(TRT_HINT) from None
+    return tensorrt
+
+
+def cuda_check(cudart, result, what: str):
+    """Unpack a cuda-python `(err, *values)` tuple, raising on any error so a failed call is never ignored."""
+    err, *values = result
+    if err != cudart.cudaError_t.cudaSuccess:
+        raise RuntimeError(f"CUDA {what} failed: {getattr(err, 'name', err)}")
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def _probe() -> tuple[DeviceInfo | None, str]:
+    try:
+        cudart = import_cudart()
+    except ImportError:
+        return None, "cuda-python is not installed (pip install cuda-python)"
+    try:
+        err, count = cudart.cudaGetDeviceCount()
+        if err != cudart.cudaError_t.cudaSuccess or count < 1:
+            return None, f"no CUDA GPU is visible ({getattr(err, 'name', err)})"
+        device = cuda_check(cudart, cudart.cudaGetDevice(), "cudaGetDevice")
+        prop = cuda_check(cudart, cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+    except (RuntimeError, OSError) as exc:
+        return None, f"the CUDA runtime is unusable ({exc})"
+    name = prop.name.decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
+    name = name.rstrip("\x00").strip()
+    try:
+        trt = import_tensorrt()
+    except ImportError:
+        return None, "the tensorrt Python package is not installed"
+    jetson = Path("/etc/nv_tegra_release").exists() or any(k in name.lower() for k in ("orin", "tegra", "xavier"))
+    return DeviceInfo(name, f"{prop.major}.{prop.minor}", str(trt.__version__), jetson), ""
+
+
+def device_info() -> DeviceInfo | None:
+    """The current CUDA GPU and TensorRT version, or None without a GPU, cuda-python or tensorrt."""
+    return _probe()[0]
+
+
+def require_device() -> DeviceInfo:
+    info, reason = _probe()
+    if info is None:
+        raise RuntimeError(f"TensorRT needs an NVIDIA CUDA GPU with tensorrt and cuda-python installed ({reason}); "
+                           f"{TRT_HINT}")
+    return info
+
+
+def engine_key(info: DeviceInfo, onnx_sha256: str, precision: str) -> str:
+    """Short deterministic key: a new GPU model, compute capability, TensorRT, ONNX or precision is a new key."""
+    blob = json.dumps([info.gpu_name, info.compute_capability, info.trt_version, onnx_sha256, precision])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _cc(text: str) -> tuple[int, int]:
+    major, _, minor = text.partition(".")
+    return int(major), int(minor or 0)
+
+
+def check_precision(precision: str, info: DeviceInfo) -> None:
+    """Refuse a precision the GPU cannot run before spending minutes in the builder."""
+    if precision not in PRECISIONS:
+        raise PrecisionError(f"unknown precision {precision!r}; valid precisions are {list(PRECISIONS)} (fp16 is "
+                             "built from the bundle's FP16 ONNX, int8/fp8 from its Q/DQ ONNX: TensorRT 11 has no "
+                             "precision builder flags)")
+    if precision == "fp8" and _cc(info.compute_capability) < FP8_MIN_CC:
+        raise PrecisionError(f"fp8 needs compute capability >= {FP8_MIN_CC[0]}.{FP8_MIN_CC[1]} (Ada, Hopper or "
+                             f"newer); {info.gpu_name} has {info.compute_capability}. Jetson Orin (8.7) supports "
+                             "int8, not fp8: build int8 (or fp16) engines instead")
+
+
+def _dim_range(spec: GraphSpec, ts: TensorSpec, dim: int | str, ranges: dict) -> tuple[int, int, int]:
+    if isinstance(dim, int):
+        return dim, dim, dim
+    names = [f"T:{spec.stack}", "B"] if dim == "T+B" else [f"T:{spec.stack}" if dim == "T" else dim]
+    missing = [n for n in names if n not in ranges]
+    if missing:
+        raise ValueError(f"graph {spec.name!r} input {ts.name!r}: no (min, opt, max) range for dim {dim!r} "
+                         f"(missing keys {missing}; decoder_block needs dim_ranges(cfg, block_size))")
+    lows, opts, highs = zip(*(ranges[n] for n in names), strict=True)
+    return sum(lows), sum(opts), sum(highs)
+
+
+def profile_shapes(spec: GraphSpec, ranges: dict) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """Optimization-profile (min, opt, max) shapes of every input, from the graph spec and `dim_ranges`."""
+    shapes = {}
+    for ts in spec.inputs:
+        per_dim = [_dim_range(spec, ts, d, ranges) for d in ts.shape]
+        shapes[ts.name] = tuple(tuple(r[i] for r in per_dim) for i in range(3))
+    return shapes
+
+
+def _write_atomic(path: Path, data) -> None:
+    """Write via a temp file and os.replace, so a crash never leaves a truncated engine behind."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _parser_errors(parser) -> list[str]:
+    errors = []
+    for i in range(parser.num_errors):
+        err = parser.get_error(i)
+        where = ""
+        node_name = getattr(err, "node_name", None)
+        if node_name is not None and node_name():
+            where = f" (node {node_name()!r}, op {err.node_operator()!r})"
+        errors.append(f"{err.desc()}{where}")
+    return errors
+
+
+def _timing_cache(config, path: Path | None):
+    """Attach the saved timing cache (speeds up rebuilds); a stale or foreign cache falls back to a fresh one."""
+    blob = path.read_bytes() if path is not None and path.is_file() else b""
+    try:
+        cache = config.create_timing_cache(blob)
+    except RuntimeError:
+        cache = None
+    if cache is None or not config.set_timing_cache(cache, False):
+        warnings.warn(f"{path}: timing cache not usable with this TensorRT/GPU; starting a fresh one", stacklevel=3)
+        cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, False)
+    return cache
+
+
+def build_engine(onnx_path: str | Path, spec: GraphSpec, ranges: dict, precision: str, out_dir: str | Path,
+                 info: DeviceInfo, timing_cache_path: str | Path | None = None) -> dict:
+    """Build and write `<out_dir>/<key>.plan` for one graph; returns its engine record for the manifest."""
+    check_precision(precision, info)
+    trt = import_tensorrt()
+    onnx_path, out_dir = Path(onnx_path), Path(out_dir)
+    cache_path = Path(timing_cache_path) if timing_cache_path is not None else None
+    if spec.name == "decoder_block":
+        low, _, high = ranges.get("B", (0, 0, -1))
+        if low != high:
+            raise ValueError(f"decoder_block needs a static block size: pass dim_ranges(cfg, block_size) "
+                             f"(got B range {ranges.get('B')})")
+        key_name = graph_key(spec.name, low)
+    else:
+        key_name = graph_key(spec.name)
+    onnx_sha = sha256_file(onnx_path)
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    network = builder.create_network(0 if strongly_typed is None else 1 << int(strongly_typed))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        lines = "\n  - ".join(_parser_errors(parser)) or "(no parser errors recorded; see the TensorRT log above)"
+        raise EngineBuildError(f"{onnx_path}: TensorRT {trt.__version__} could not parse the ONNX of graph "
+                               f"{key_name!r}:\n  - {lines}")
+    io = (sorted(network.get_input(i).name for i in range(network.num_inputs)),
+          sorted(network.get_output(i).name for i in range(network.num_outputs)))
+    if io != (sorted(spec.input_names), sorted(spec.output_names)):
+        raise EngineBuildError(f"{onnx_path}: ONNX inputs/outputs {io} do not match graph {spec.name!r} "
+                               f"({sorted(spec.input_names)}, {sorted(spec.output_names)}); re-export the bundle")
+
+    config = builder.create_builder_config()
+    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)  # fp32 means fp32: TF32 matmuls would drift from the reference
+    profile = builder.create_optimization_profile()
+    for name, (low, opt, high) in profile_shapes(spec, ranges).items():
+        profile.set_shape(name, low, opt, high)
+    config.add_optimization_profile(profile)
+    cache = _timing_cache(config, cache_path)
+
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise EngineBuildError(f"{onnx_path}: TensorRT {trt.__version__} failed to build the {precision} engine of "
+                               f"graph {key_name!r} on {info.gpu_name}; see the TensorRT errors above")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cache_path is not None:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(cache_path, memoryview(cache.serialize()))
+    data = memoryview(plan)
+    path = out_dir / f"{engine_key(info, onnx_sha, precision)}.plan"
+    _write_atomic(path, data)
+    return {"graph_key": key_name, "precision": precision, "path": path.name,
+            "sha256": hashlib.sha256(data).hexdigest(), "gpu_name": info.gpu_name,
+            "compute_capability": info.compute_capability, "trt_version": info.trt_version,
+            "onnx_sha256": onnx_sha}
+
+
+def check_engine(record: dict, info: DeviceInfo, onnx_sha256: str) -> None:
+    """Refuse an engine built elsewhere: TensorRT engines are not portable across GPUs or TensorRT versions."""
+    fields = (("GPU name", "gpu_name", info.gpu_name, "this machine has"),
+              ("compute capability", "compute_capability", info.compute_capability, "this machine has"),
+              ("TensorRT version", "trt_version", info.trt_version, "this machine has"),
+              ("ONNX sha256", "onnx_sha256", onnx_sha256, "the bundle's ONNX has"))
+    diffs = [f"{label}: engine has {record.get(key)!r}, {here} {want!r}"
+             for label, key, want, here in fields if record.get(key) != want]
+    if diffs:
+        raise EngineMismatchError(f"TensorRT engine {record.get('path')!r} ({record.get('graph_key')}, "
+                                  f"{record.get('precision')}) does not match: {'; '.join(diffs)}. Engines only run "
+                                  f"on the GPU, compute capability and TensorRT version that built them; {REBUILD}")
+
+
+def split_graph_key(key: str) -> tuple[str, int | None]:
+    """Inverse of `graph_key`: "decoder_block_8" -> ("decoder_block", 8)."""
+    if key.startswith("decoder_block_"):
+        return "decoder_block", int(key.removeprefix("decoder_block_"))
+    return key, None

@@ -1,0 +1,122 @@
+"""Bundles: ORT = torch per graph, identical greedy bytes across backends in all modes, INT8 quality,
+and one clear error per broken bundle or impossible request."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from fastblt.export import bundle as bundle_mod
+from fastblt.export.bundle import BuildError, build_bundle
+from fastblt.export.quantize import QuantizeError, modelopt_available
+from fastblt.graphs.config import tiny_config
+from fastblt.graphs.data import windows
+from fastblt.graphs.model import BltModel
+from fastblt.runtime.backends.ort import OrtBackend
+from fastblt.runtime.backends.torch_ref import TorchBackend
+from fastblt.runtime.generator import Generator
+from fastblt.runtime.manifest import BundleError, Manifest
+from fastblt.runtime.unmask import UnmaskConfig
+
+pytest.importorskip("onnxruntime")
+TEXT = b"def add(a, b):\n    return a + b\n\n\nclass Point:\n    def __init__(self, x, y):\n        self.x = x\n" * 4
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = BltModel(tiny_config(vocab_size=262, mask_id=260, pad_id=261, block_sizes=(4, 8), patch_threshold=3.5)).eval()
+    with torch.no_grad():
+        m.patcher.lm_head.weight.mul_(10.0)
+        m.lm_head.weight.mul_(3.0)
+    return m
+
+
+@pytest.fixture(scope="module")
+def built(model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    heldout = list(windows(TEXT, 96))[:3]
+    return build_bundle(model, out, ("fp32", "int8"), engines="no", log=lambda m: None, heldout=heldout)
+
+
+def test_manifest_and_per_graph_parity(built):
+    data = Manifest.load(built).data
+    assert data["precisions"] == ["fp32", "int8"] and data["block_sizes"] == [4, 8]
+    assert sorted(data["graphs"]) == ["decoder_block_4", "decoder_block_8", "decoder_step", "encoder", "global",
+                                      "patcher"]
+    for key, report in data["validation"].items():
+        assert set(report) == {"sample", "real_text"}, key
+        for kind in report.values():
+            for name, err in kind.items():
+                assert err["max_abs"] <= 1e-4, (key, name, err)
+    assert abs(data["quality"]["fp32"]["heldout_bpb"] - data["quality"]["torch"]["heldout_bpb"]) < 1e-4
+
+
+def test_backends_identical_greedy_in_all_modes(built, model):
+    ref, ort_gen = Generator(TorchBackend(model)), Generator(OrtBackend(built, "fp32"))
+    cases = [dict(mode="ar"), dict(mode="blts", draft_k=4), dict(mode="bltd", block_size=4),
+             dict(mode="bltd", block_size=8, unmask=UnmaskConfig("entropy", gamma=1.0)),
+             dict(mode="bltdv", block_size=8), dict(mode="bltdv", block_size=4, unmask=UnmaskConfig("confidence"))]
+    for prompt in ("def f(x):", "", "über 東京"):
+        for case in cases:
+            a = ref.generate(prompt, max_new_bytes=40, **case)
+            b = ort_gen.generate(prompt, max_new_bytes=40, **case)
+            assert a.bytes == b.bytes, (prompt, case)
+            assert a.counters["n_dec"] == b.counters["n_dec"]
+
+
+def test_int8_runs_and_is_reported(built):
+    q = Manifest.load(built).data["quality"]
+    assert np.isfinite(q["int8"]["heldout_bpb"])
+    assert 0.0 <= q["int8"]["greedy_agreement_vs_fp32"]["identical"] <= 1.0
+    out = Generator(OrtBackend(built, "int8")).generate("def f(x):", max_new_bytes=16)
+    assert out.counters["new_bytes"] == len(out.bytes) > 0
+
+
+def test_broken_bundles(built, tmp_path):
+    copy = tmp_path / "b"
+    shutil.copytree(built, copy)
+    (copy / "fp32" / "encoder.onnx").unlink()
+    with pytest.raises(BundleError, match="encoder.onnx: missing from the bundle"):
+        OrtBackend(copy)
+    shutil.copy(built / "fp32" / "encoder.onnx", copy / "fp32" / "encoder.onnx")
+    with (copy / "fp32" / "global.onnx").open("ab") as fh:
+        fh.write(b"\x00")
+    with pytest.raises(BundleError, match="global.onnx: sha256 does not match manifest.json"):
+        OrtBackend(copy)
+    shutil.copy(built / "fp32" / "global.onnx", copy / "fp32" / "global.onnx")
+    data = json.loads((copy / "manifest.json").read_text())
+    data["format_version"] = 99
+    (copy / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="format_version 99 is not supported"):
+        OrtBackend(copy)
+    with pytest.raises(BundleError, match="no manifest.json"):
+        OrtBackend(tmp_path)
+    with pytest.raises(BundleError, match="no fp8 graphs in this bundle"):
+        OrtBackend(built, "fp8")
+
+
+def test_impossible_requests(model, tmp_path):
+    if not modelopt_available():
+        with pytest.raises(QuantizeError, match="fp8 needs NVIDIA ModelOpt"):
+            build_bundle(model, tmp_path / "x", ("fp32", "fp8"), engines="no", log=lambda m: None)
+    with pytest.raises(BuildError, match="--engines yes needs an NVIDIA GPU"):
+        build_bundle(model, tmp_path / "x", ("fp32",), engines="yes", log=lambda m: None)
+    with pytest.raises(BuildError, match=r"block sizes \[16\] were not trained"):
+        build_bundle(model, tmp_path / "x", ("fp32",), block_sizes=(16,), engines="no", log=lambda m: None)
+    assert not (tmp_path / "x").exists()
+
+
+def test_interrupted_build_leaves_nothing(model, tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bundle_mod, "add_precisions", boom)
+    with pytest.raises(KeyboardInterrupt):
+        build_bundle(model, tmp_path / "out", ("fp32", "int8"), engines="no", log=lambda m: None,
+                     heldout=list(windows(TEXT, 64))[:1])
+    assert list(tmp_path.iterdir()) == []
