@@ -3,9 +3,10 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip --disable-pip-version-check -q
-PROMPT ?= def fibonacci(n):
+BUNDLE := .cache/bundle-default
+MODEL := graphs/default_model
 
-.PHONY: run test lint clean
+.PHONY: run test bench lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -13,23 +14,30 @@ $(BIN)/python:
 
 $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e '.[torch,cpu]'
+	$(PIP) install -e '.[export,cpu]'
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e '.[dev,cpu]'
+	$(PIP) install -e '.[dev,export,cpu]'
 	touch $@ $(VENV)/.installed-run
 
-run: $(VENV)/.installed-run
-	@if [ -f graphs/default_model/config.json ]; then CKPT=""; else \
-	  echo "no bundled default model yet: using a random tiny BLT (blt-export init)"; \
-	  $(BIN)/blt-export init --out .cache/random-tiny >/dev/null; CKPT="--checkpoint .cache/random-tiny"; fi; \
-	$(BIN)/blt-run generate $$CKPT --max-new-bytes 96 '$(PROMPT)'
+# The main job: export the bundled BLT-D to a validated FP32+INT8 ONNX bundle (rebuilt when the model
+# changes), then generate greedily in all four modes with ONNX Runtime and print one table.
+$(BUNDLE)/manifest.json: $(MODEL)/model.safetensors $(MODEL)/config.json | $(VENV)/.installed-run
+	$(BIN)/blt-export build --out $(BUNDLE) --precision fp32,int8
+
+run: $(VENV)/.installed-run $(BUNDLE)/manifest.json
+	$(BIN)/blt-run compare --bundle $(BUNDLE) --precision fp32
+	$(BIN)/blt-run compare --bundle $(BUNDLE) --precision int8
 
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
+bench: $(VENV)/.installed-dev $(BUNDLE)/manifest.json
+	$(BIN)/python benchmarks/context_scaling.py --bundle $(BUNDLE)
+	$(BIN)/python benchmarks/backends.py
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .cache

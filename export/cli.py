@@ -252,6 +252,29 @@ def _print_bundle(path: Path) -> None:
             click.echo(f"  {name:6s} held-out bits/byte {q['heldout_bpb']:.4f}{extra}")
 
 
+@main.command("eval")
+@click.argument("checkpoint", required=False, type=click.Path())
+@click.option("--corpus", "corpora", multiple=True, help="'stdlib' (default) or a directory / .jsonl.")
+@click.option("--seq-len", type=int, default=512, show_default=True)
+@click.option("--max-windows", type=int, default=100000, show_default=True, help="Cap on evaluation windows.")
+@click.option("--threads", type=int, default=None)
+def eval_cmd(checkpoint, corpora, seq_len, max_windows, threads):
+    """Held-out bits/byte (and BLT-D one-step masked accuracy) of CHECKPOINT (default: the bundled model)
+    over every window of the held-out split."""
+    try:
+        import torch
+
+        from fastblt.graphs.evaluate import evaluate
+
+        if threads:
+            torch.set_num_threads(threads)
+        model = _model_or_default(checkpoint)
+        result = evaluate(model, tuple(corpora) or ("stdlib",), seq_len, max_windows, per_doc=10**9)
+    except (ValueError, OSError) as exc:
+        _fail(exc)
+    click.echo(json.dumps(result, indent=2))
+
+
 @main.command("import-hf")
 @click.argument("hf_dir", type=click.Path())
 @click.option("--out", required=True, type=click.Path())

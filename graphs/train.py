@@ -24,6 +24,7 @@ from fastblt.graphs.checkpoint import save_model
 from fastblt.graphs.config import BYTE_VOCAB, SUPPORTED_BLOCK_SIZES
 from fastblt.graphs.data import Stream, batches, corpus_documents, heldout_windows
 from fastblt.graphs.diffusion import bltd_loss
+from fastblt.graphs.evaluate import evaluate
 from fastblt.graphs.train_state import load_state, save_state
 
 OBJECTIVES = ("patcher", "bltd", "decoder")
@@ -241,37 +242,27 @@ class Trainer:
             bar.close()
         return self.history
 
-    @torch.no_grad()
     def evaluate(self) -> dict:
         """Held-out next-byte bits per byte, and (BLT-D) one-step all-masked accuracy per block size."""
-        self.model.eval()
         cfg = self.cfg
-        rows = heldout_windows(list(cfg.corpora), cfg.seq_len, cfg.eval_windows)
-        pad = self.model.config.pad_id if self.model.config.pad_id is not None else 0
         result = {"step": self.step, "bytes_seen": self.bytes_seen, "seconds": round(self.seconds, 1)}
-        ce_sum, n_tok, acc = 0.0, 0, {b: [0, 0] for b in cfg.block_sizes}
-        gen = torch.Generator().manual_seed(1234)
-        for i in range(0, len(rows), 8):
-            chunk = rows[i:i + 8]
-            width = max(len(r) for r in chunk)
-            ids_full = torch.tensor([r + [pad] * (width - len(r)) for r in chunk])
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-                if cfg.objective == "patcher":
-                    out = self.objective(ids_full, 4, gen)
-                else:
-                    for b in cfg.block_sizes:
-                        ones = torch.ones(ids_full.shape[0])
-                        o = bltd_loss(self.model, ids_full, b, gen=gen, t=ones)
-                        acc[b][0] += float(o["masked_acc"]) * int(o["n_masked"])
-                        acc[b][1] += int(o["n_masked"])
-                    out = o
-            ce_sum += float(out["clean_loss"]) * int(out["clean_tokens"])
-            n_tok += int(out["clean_tokens"])
-        result["heldout_bpb"] = ce_sum / max(n_tok, 1) / LN2
-        if cfg.objective != "patcher":
-            result["masked_acc_one_step"] = {str(b): a / max(n, 1) for b, (a, n) in acc.items()}
+        if cfg.objective == "patcher":
+            result.update(self._patcher_eval())
+        else:
+            result.update(evaluate(self.model, cfg.corpora, cfg.seq_len, cfg.eval_windows, bf16=cfg.bf16))
         self._log({"eval": result})
         return result
+
+    @torch.no_grad()
+    def _patcher_eval(self) -> dict:
+        self.model.eval()
+        rows = heldout_windows(list(self.cfg.corpora), self.cfg.seq_len, self.cfg.eval_windows)
+        ce_sum, n_tok = 0.0, 0
+        for row in rows:
+            out = self.objective(torch.tensor([row]), 4, None)
+            ce_sum += float(out["clean_loss"]) * int(out["clean_tokens"])
+            n_tok += int(out["clean_tokens"])
+        return {"heldout_bpb": ce_sum / max(n_tok, 1) / LN2}
 
     def _log(self, row: dict) -> None:
         if self.rank != 0:

@@ -17,10 +17,14 @@ __all__ = ["load", "Generator", "Result", "Session", "SamplingConfig", "Sequence
 
 
 def load(source: str | Path | None = None, backend: str = "torch", **options) -> Generator:
-    """A Generator over `source` (a checkpoint directory for the torch backend; default: bundled model)."""
+    """A Generator over `source`: a checkpoint directory (torch backend) or a bundle from `blt-export build`
+    (ort, trt; options: precision, device, threads). Default source: the bundled model (torch only)."""
     from fastblt.runtime.backends import load_backend
 
     if source is None:
+        if backend != "torch":
+            raise ValueError(f"backend {backend!r} runs a bundle: build one with `blt-export build --out DIR` "
+                             "and pass it (--bundle DIR)")
         source = default_source()
     return Generator(load_backend(backend, source, **options))
 

@@ -20,7 +20,9 @@ def main() -> None:
 @main.command()
 @click.argument("prompt", default="")
 @click.option("--checkpoint", type=click.Path(), help="Checkpoint directory (native or HF BLT).")
-@click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True)
+@click.option("--bundle", type=click.Path(), help="Bundle directory from `blt-export build` (ort/trt backends).")
+@click.option("--backend", type=click.Choice(BACKENDS), default=None, help="Default: ort with --bundle, else torch.")
+@click.option("--precision", default="fp32", show_default=True, help="Bundle precision (ort/trt).")
 @click.option("--mode", type=click.Choice(MODES), default="ar", show_default=True)
 @click.option("--max-new-bytes", type=int, default=128, show_default=True)
 @click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy.")
@@ -38,8 +40,8 @@ def main() -> None:
 @click.option("--order", type=click.Choice(ORDERS), default="any", show_default=True,
               help="left_to_right keeps sampled multi-step BLT-DV exactly lossless.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming text.")
-def generate(prompt, checkpoint, backend, mode, max_new_bytes, temperature, top_k, top_p, seed, stop, block_size,
-             draft_k, alpha, gamma, one_step, eb_variant, order, as_json):
+def generate(prompt, checkpoint, bundle, backend, precision, mode, max_new_bytes, temperature, top_k, top_p, seed,
+             stop, block_size, draft_k, alpha, gamma, one_step, eb_variant, order, as_json):
     """Generate a continuation of PROMPT (empty: start from BOS)."""
     import fastblt.runtime as rt
 
@@ -54,7 +56,10 @@ def generate(prompt, checkpoint, backend, mode, max_new_bytes, temperature, top_
             unmask = UnmaskConfig("confidence", alpha=alpha, order=order)
         else:
             unmask = UnmaskConfig("one_step" if mode == "bltdv" else "confidence", order=order)
-        gen = rt.load(checkpoint, backend=backend)
+        if checkpoint and bundle:
+            raise ValueError("pass either --checkpoint (torch) or --bundle (ort/trt), not both")
+        backend = backend or ("ort" if bundle else "torch")
+        gen = rt.load(bundle or checkpoint, backend=backend, **({"precision": precision} if backend != "torch" else {}))
         options = dict(mode=mode, max_new_bytes=max_new_bytes, temperature=temperature, top_k=top_k,
                        top_p=top_p, seed=seed, stop=list(stop), block_size=block_size, draft_k=draft_k,
                        unmask=unmask)
@@ -75,6 +80,49 @@ def generate(prompt, checkpoint, backend, mode, max_new_bytes, temperature, top_
                    f"N_dec {c['n_dec']}, bandwidth {c['bandwidth_gb']:.4f} GB, stop={r.stop_reason}", err=True)
     except (ValueError, FileNotFoundError, ImportError) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+MODE_SETTINGS = [
+    ("ar", "AR", {}),
+    ("blts", "BLT-S k=8", {"draft_k": 8}),
+    ("bltd", "BLT-D B=8 α=0.7", {"block_size": 8, "unmask": UnmaskConfig("confidence", alpha=0.7)}),
+    ("bltdv", "BLT-DV B=8 one-step", {"block_size": 8, "unmask": UnmaskConfig("one_step")}),
+]
+
+
+@main.command()
+@click.argument("prompt", default="def fibonacci(n):\n")
+@click.option("--checkpoint", type=click.Path(), help="Checkpoint directory (torch backend).")
+@click.option("--bundle", type=click.Path(), help="Bundle directory from `blt-export build` (ort/trt backends).")
+@click.option("--backend", type=click.Choice(BACKENDS), default=None, help="Default: ort with --bundle, else torch.")
+@click.option("--precision", default="fp32", show_default=True, help="Bundle precision (ort/trt).")
+@click.option("--max-new-bytes", type=int, default=128, show_default=True)
+def compare(prompt, checkpoint, bundle, backend, precision, max_new_bytes):
+    """Greedy generation in every decoding mode, one table: speed, the paper's counters, a preview."""
+    import fastblt.runtime as rt
+
+    try:
+        backend = backend or ("ort" if bundle else "torch")
+        options = {"precision": precision} if backend != "torch" else {}
+        gen = rt.load(bundle or checkpoint, backend=backend, **options)
+        rows = []
+        for mode, label, kw in MODE_SETTINGS:
+            if mode in ("bltd", "bltdv") and not gen.config.diffusion_trained:
+                continue
+            r = gen.generate(prompt, mode=mode, max_new_bytes=max_new_bytes, **kw)
+            rows.append((label, r))
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"backend {backend}{' ' + precision if backend != 'torch' else ''}, prompt {prompt!r}, "
+               f"{max_new_bytes} new bytes, greedy\n")
+    click.echo("| mode | bytes/s | N_enc | N_dec | bandwidth GB | acceptance | output preview |")
+    click.echo("|---|---|---|---|---|---|---|")
+    for label, r in rows:
+        c = r.counters
+        acc = f"{c['acceptance']:.2f}" if "acceptance" in c else "–"
+        preview = r.text[:48].replace("\n", "⏎").replace("|", "¦")
+        click.echo(f"| {label} | {r.bytes_per_s:.1f} | {c['n_enc']} | {c['n_dec']} | {c['bandwidth_gb']:.4f} | "
+                   f"{acc} | `{preview}` |")
 
 
 if __name__ == "__main__":

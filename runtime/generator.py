@@ -87,6 +87,7 @@ class Generator:
         session = Session(self.backend)
         session.commit(ids)
         prefill = time.perf_counter() - start
+        prefill_calls = dict(session.calls)
         out = bytearray()
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         reason = "max_new_bytes"
@@ -120,7 +121,7 @@ class Generator:
         if tail:
             yield {"type": "text", "text": tail, "bytes": b""}
         result = Result(bytes(out).decode("utf-8", errors="replace"), bytes(out), mode, reason,
-                        len(ids) - 1, counters.report(session, len(out)), seconds, prefill)
+                        len(ids) - 1, counters.report(session, len(out), prefill_calls), seconds, prefill)
         yield {"type": "done", "result": result}
 
     def generate(self, prompt: str | bytes = b"", **options) -> Result:
