@@ -7,7 +7,6 @@ end, so an interrupted or failed build never leaves a half-written bundle.
 from __future__ import annotations
 
 import datetime
-import os
 import platform
 import shutil
 import tempfile
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from fastblt.export.onnx_export import OPSET, export_graph
 from fastblt.export.quantize import PRECISIONS, QuantizeError, modelopt_available, quantize_graph
+from fastblt.graphs.checkpoint import replace_dir
 from fastblt.graphs.spec import GRAPH_NAMES, graph_specs
 from fastblt.runtime.manifest import graph_key, sha256_file, write_manifest
 
@@ -203,15 +203,7 @@ def manifest_config(manifest: dict):
 
 
 def _replace(tmp: Path, out: Path) -> None:
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a bundle is meant to be shared
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+    replace_dir(tmp, out)
 
 
 def engine_bundle(bundle: Path, precisions: tuple[str, ...], log=print) -> Path:

@@ -107,7 +107,8 @@ def train(run_dir, out, preset, config_path, corpora, patcher_steps, steps, batc
         path = train_bltd(run_dir, cfg, patcher_tc, main_tc, target_patch_size, out, progress=not quiet, seed=seed)
     except (ValueError, OSError) as exc:
         _fail(exc)
-    click.echo(f"wrote {path}")
+    if os.environ.get("RANK", "0") == "0":
+        click.echo(f"wrote {path}")
 
 
 @main.command("train-decoder")
@@ -196,14 +197,7 @@ def onnx(checkpoint, out, block_sizes):
 @click.option("--precision", "precisions", default="int8", show_default=True)
 def quantize(bundle, precisions):
     """Add quantized graphs (int8, fp8) to an existing bundle, calibrated on real text."""
-    try:
-        from fastblt.export.bundle import quantize_bundle
-
-        quantize_bundle(Path(bundle), tuple(p.strip() for p in precisions.split(",") if p.strip()),
-                        log=lambda m: click.echo(m, err=True))
-    except (ValueError, OSError, RuntimeError) as exc:
-        _fail(exc)
-    _print_bundle(Path(bundle))
+    _bundle_stage("quantize_bundle", bundle, precisions)
 
 
 @main.command()
@@ -211,11 +205,15 @@ def quantize(bundle, precisions):
 @click.option("--precision", "precisions", default="fp32", show_default=True)
 def engine(bundle, precisions):
     """Build TensorRT engines for a bundle on this machine's GPU (run it on the target device)."""
-    try:
-        from fastblt.export.bundle import engine_bundle
+    _bundle_stage("engine_bundle", bundle, precisions)
 
-        engine_bundle(Path(bundle), tuple(p.strip() for p in precisions.split(",") if p.strip()),
-                      log=lambda m: click.echo(m, err=True))
+
+def _bundle_stage(function: str, bundle: str, precisions: str) -> None:
+    try:
+        from fastblt.export import bundle as stages
+
+        getattr(stages, function)(Path(bundle), tuple(p.strip() for p in precisions.split(",") if p.strip()),
+                                  log=lambda m: click.echo(m, err=True))
     except (ValueError, OSError, RuntimeError) as exc:
         _fail(exc)
     _print_bundle(Path(bundle))

@@ -146,17 +146,23 @@ def save_model(model, path: str | Path, dtype: Any = None, extra_files: dict[str
         (tmp / CONFIG_FILE).write_text(model.config.to_json(), encoding="utf-8")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
+        replace_dir(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def replace_dir(tmp: Path, dest: Path) -> None:
+    """Move a fully written temp directory into place: readers see the old or the new one, never a mix."""
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dest, old)
+        os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, dest)
 
 
 # ---- HF BltConfig → fastblt config ------------------------------------------------------------------------

@@ -6,12 +6,13 @@ Written to a temp directory and renamed, so an interrupted save never leaves a h
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
+
+from fastblt.graphs.checkpoint import replace_dir
 
 STATE_FILE = "state.json"
 
@@ -39,12 +40,7 @@ def save_state(path: Path, model, opt: torch.optim.Optimizer, meta: dict) -> Non
         (tmp / STATE_FILE).write_text(json.dumps({**meta, "param_groups": groups,
                                                   "scalar_keys": sorted(k for k, v in tensors.items()
                                                                         if v.numel() == 1 and k.endswith(".step"))}))
-        old = path.with_name(f".{path.name}.old")
-        if path.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -53,6 +53,16 @@ def check_feeds(spec: GraphSpec, feeds: dict[str, np.ndarray]) -> None:
                                 f"(shape {ts.shape}), got {arr.shape}")
 
 
+def resolve(specs: dict[str, GraphSpec], graph: str, feeds: dict[str, np.ndarray], check: bool) -> GraphSpec:
+    """The spec of `graph`, after validating the feeds against it (every backend's first step)."""
+    spec = specs.get(graph)
+    if spec is None:
+        raise ValueError(f"unknown graph {graph!r}; graphs are {list(specs)}")
+    if check:
+        check_feeds(spec, feeds)
+    return spec
+
+
 def load_backend(name: str, source, **options) -> Backend:
     """Backend by name over a checkpoint directory (torch) or a bundle from `blt-export build` (ort, trt)."""
     if name == "torch":

@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from fastblt.graphs.spec import graph_specs
-from fastblt.runtime.backends import check_feeds
+from fastblt.runtime.backends import resolve
 from fastblt.runtime.manifest import BundleError, Manifest, graph_key
 
 try:
@@ -58,11 +58,7 @@ class OrtBackend:
         self.providers = got
 
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        spec = self.specs.get(graph)
-        if spec is None:
-            raise ValueError(f"unknown graph {graph!r}; graphs are {list(self.specs)}")
-        if self.check:
-            check_feeds(spec, feeds)
+        spec = resolve(self.specs, graph, feeds, self.check)
         key = graph_key(graph, feeds["states"].shape[1]) if graph == "decoder_block" else graph
         session = self.sessions.get(key)
         if session is None:

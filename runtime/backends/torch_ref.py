@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from fastblt.graphs.spec import graph_specs
-from fastblt.runtime.backends import check_feeds
+from fastblt.runtime.backends import resolve
 
 try:
     import torch
@@ -35,11 +35,7 @@ class TorchBackend:
             torch.set_num_threads(threads)
 
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        spec = self.specs.get(graph)
-        if spec is None:
-            raise ValueError(f"unknown graph {graph!r}; graphs are {list(self.specs)}")
-        if self.check:
-            check_feeds(spec, feeds)
+        spec = resolve(self.specs, graph, feeds, self.check)
         args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in spec.input_names]
         with torch.inference_mode():
             outs = self.graphs[graph](*args)

@@ -12,7 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fastblt.export.trt_build import (
+from fastblt.graphs.spec import GraphSpec, graph_specs
+from fastblt.runtime.backends import FeedError, resolve
+from fastblt.runtime.manifest import BundleError, Manifest, graph_key
+from fastblt.runtime.trt_device import (
     REBUILD,
     TRT_HINT,
     check_engine,
@@ -21,9 +24,6 @@ from fastblt.export.trt_build import (
     require_device,
     split_graph_key,
 )
-from fastblt.graphs.spec import GraphSpec, graph_specs
-from fastblt.runtime.backends import FeedError, check_feeds
-from fastblt.runtime.manifest import BundleError, Manifest, graph_key
 
 try:
     import tensorrt as trt
@@ -198,11 +198,7 @@ class TensorRTBackend:
         return _Engine(engine, self.specs[graph], f"{key} ({precision}, {path.name})")
 
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        spec = self.specs.get(graph)
-        if spec is None:
-            raise ValueError(f"unknown graph {graph!r}; graphs are {list(self.specs)}")
-        if self.check:
-            check_feeds(spec, feeds)
+        resolve(self.specs, graph, feeds, self.check)
         key = graph_key(graph, feeds["states"].shape[1] if graph == "decoder_block" else None)
         engine = self._engines.get(key)
         if engine is None:
