@@ -81,6 +81,7 @@ class Session:
         if self.draft_ids:
             self.discard_drafts()
         new = np.asarray(new_ids, dtype=np.int64).reshape(-1)
+        self._check_room(self.length + new.size)
         if new.size > MAX_CHUNK:  # graphs (and TensorRT profiles) take at most MAX_CHUNK new bytes per call
             return np.concatenate([self.commit(new[i:i + MAX_CHUNK]) for i in range(0, new.size, MAX_CHUNK)])
         t, n0, cfg = new.size, self.length, self.config
