@@ -20,7 +20,7 @@ def compare(session, reference_module, spec, feed_sets, torch_outputs=None) -> d
     """Max abs / max rel error per output over all feed sets."""
     import torch
 
-    report = {name: {"max_abs": 0.0, "max_rel": 0.0} for name in spec.output_names}
+    report = {name: {"max_abs": 0.0, "max_rel": 0.0, "ref_max": 0.0} for name in spec.output_names}
     for i, feeds in enumerate(feed_sets):
         got = session.run(None, feeds)
         if torch_outputs is not None:
@@ -32,14 +32,19 @@ def compare(session, reference_module, spec, feed_sets, torch_outputs=None) -> d
             diff = np.abs(g.astype(np.float64) - r.astype(np.float64))
             if diff.size:
                 report[name]["max_abs"] = max(report[name]["max_abs"], float(diff.max()))
+                report[name]["ref_max"] = max(report[name]["ref_max"], float(np.abs(r).max()))
                 scale = np.maximum(np.abs(r), 1e-6)
                 report[name]["max_rel"] = max(report[name]["max_rel"], float((diff / scale).max()))
     return report
 
 
 def validate_graph(path: Path, module, spec, cfg, real: list[tuple[dict, dict]], block_size: int | None = None,
-                   atol: float = 1e-4) -> dict:
-    """Compare one exported graph against its torch module; raise ValidationError listing failing outputs."""
+                   tol: float = 1e-5) -> dict:
+    """Compare one exported graph against its torch module; raise ValidationError listing failing outputs.
+
+    An output fails when max |Δ| > tol · max(1, max |reference|): fp32 rounding grows with magnitude, and
+    some outputs are large (the global transformer has no final norm: trained latents reach ~1e4).
+    """
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -50,8 +55,10 @@ def validate_graph(path: Path, module, spec, cfg, real: list[tuple[dict, dict]],
     report = {"sample": compare(session, module, spec, feeds)}
     if real:
         report["real_text"] = compare(session, module, spec, [f for f, _ in real], [o for _, o in real])
-    failing = [f"{kind}:{name} max_abs={r['max_abs']:.2e}" for kind, outs in report.items()
-               for name, r in outs.items() if r["max_abs"] > atol]
+    failing = [f"{kind}:{name} max_abs={r['max_abs']:.2e} (reference max {r['ref_max']:.3g})"
+               for kind, outs in report.items() for name, r in outs.items()
+               if r["max_abs"] > tol * max(1.0, r["ref_max"])]
     if failing:
-        raise ValidationError(f"{path.name}: ONNX Runtime differs from torch beyond {atol:g}: " + "; ".join(failing))
+        raise ValidationError(f"{path.name}: ONNX Runtime differs from torch beyond {tol:g} × max(1, |reference|): "
+                              + "; ".join(failing))
     return report

@@ -91,7 +91,7 @@ MODE_SETTINGS = [
 
 
 @main.command()
-@click.argument("prompt", default="def fibonacci(n):\n")
+@click.argument("prompt", default="class Stack:\n    def __init__(self")
 @click.option("--checkpoint", type=click.Path(), help="Checkpoint directory (torch backend).")
 @click.option("--bundle", type=click.Path(), help="Bundle directory from `blt-export build` (ort/trt backends).")
 @click.option("--backend", type=click.Choice(BACKENDS), default=None, help="Default: ort with --bundle, else torch.")
