@@ -94,7 +94,7 @@ def test_training_layout_equals_inference_layout(bsz):
         assert session.patch_starts[-1] == s  # the prefix ends with a closed patch
         states = session.scratch_states(noisy[0, j].numpy())
         memory = np.repeat(session.memory[session.n_closed - 1][None], bsz, axis=0)
-        got = session.block_logits(states, memory, bidirectional=True)["logits"]
+        got = session.block_logits(states, memory, bidirectional=True)
         assert np.abs(got - logits[0, j].numpy()).max() <= 1e-4
         checked += 1
     assert checked >= 5
