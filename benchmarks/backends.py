@@ -87,15 +87,20 @@ def main() -> None:
     runs = [("fastblt torch reference", TorchBackend(model)), ("fastblt ORT FP32", OrtBackend(bundle_dir, "fp32",
                                                                                                 threads=args.ort_threads)),
             ("fastblt ORT INT8", OrtBackend(bundle_dir, "int8", threads=args.ort_threads))]
-    for name, backend in runs:
+    fp32 = runs[1][1]
+    modes = [{"mode": "ar"}] * len(runs) + [{"mode": "blts", "draft_k": 8}, {"mode": "blts", "draft_k": 8}]
+    runs += [("fastblt torch reference, BLT-S k=8 (lossless)", runs[0][1]),
+             ("fastblt ORT FP32, BLT-S k=8 (lossless)", fp32)]
+    for (name, backend), mode in zip(runs, modes, strict=True):
         gen = Generator(backend)
-        gen.generate(prompt, max_new_bytes=8)  # warm-up
+        gen.generate(prompt, max_new_bytes=8, **mode)  # warm-up
         best = None
         for _ in range(3):
-            r = gen.generate(prompt, max_new_bytes=args.new_bytes)
+            r = gen.generate(prompt, max_new_bytes=args.new_bytes, **mode)
             best = r if best is None or r.bytes_per_s > best.bytes_per_s else best
         calls, ms = best.counters["decode_graph_calls"], best.counters["graph_ms"]
-        rows.append({"engine": name, "bytes_per_s": best.bytes_per_s, "new_bytes": len(best.bytes),
+        rows.append({"engine": name, "mode": mode["mode"], "bytes_per_s": best.bytes_per_s,
+                     "new_bytes": len(best.bytes), "acceptance": best.counters.get("acceptance"),
                      "identical_to_hf": best.bytes == hf_bytes,
                      "ms_per_call": {g: ms[g] / best.counters["graph_calls"][g] for g in calls}})
     base = rows[0]["bytes_per_s"]
