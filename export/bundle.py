@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 
 from fastblt.export.onnx_export import OPSET, export_graph
-from fastblt.export.quantize import PRECISIONS, QuantizeError, modelopt_available, quantize_graph
+from fastblt.export.quantize import MODELOPT_HINT, PRECISIONS, QuantizeError, modelopt_available, quantize_graph
 from fastblt.graphs.checkpoint import replace_dir
 from fastblt.graphs.spec import GRAPH_NAMES, graph_specs
 from fastblt.runtime.manifest import graph_key, sha256_file, write_manifest
@@ -41,7 +41,7 @@ def check_request(precisions: tuple[str, ...], engines: str) -> None:
         raise BuildError(f"precisions {list(precisions)}: each must be one of {list(PRECISIONS)} and fp32 is always "
                          "built (the reference the others are checked against)")
     if "fp8" in precisions and not modelopt_available():
-        raise QuantizeError("--precision fp8 needs NVIDIA ModelOpt: pip install --no-deps nvidia-modelopt==0.47.0")
+        raise QuantizeError(f"--precision fp8 needs NVIDIA ModelOpt: {MODELOPT_HINT}")
     if engines not in ("auto", "yes", "no"):
         raise BuildError(f"--engines {engines!r}; valid values are auto, yes, no")
     if engines == "no":

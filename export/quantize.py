@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 PRECISIONS = ("fp32", "int8", "fp8")
-MODELOPT_HINT = ("pip install --no-deps nvidia-modelopt==0.47.0 (its [onnx] extra pins an old onnx and "
-                 "onnxruntime-gpu; install it without the extra, next to onnx, onnxruntime and onnx-graphsurgeon)")
+MODELOPT_HINT = ("pip install --no-deps nvidia-modelopt==0.47.0 onnx-graphsurgeon (its [onnx] extra pins an old "
+                 "onnx and onnxruntime-gpu, so install it without the extra, next to onnx and onnxruntime)")
 
 
 class QuantizeError(RuntimeError):
