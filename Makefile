@@ -19,7 +19,8 @@ $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e '.[dev,export,cpu]'
+	$(PIP) install -e '.[dev,export,cpu,quant]'
+	$(PIP) install --no-deps nvidia-modelopt==0.47.0
 	touch $@ $(VENV)/.installed-run
 
 # The main job: export the bundled BLT-D to a validated FP32+INT8 ONNX bundle (rebuilt when the model

@@ -120,3 +120,22 @@ def test_interrupted_build_leaves_nothing(model, tmp_path, monkeypatch):
         build_bundle(model, tmp_path / "out", ("fp32", "int8"), engines="no", log=lambda m: None,
                      heldout=list(windows(TEXT, 64))[:1])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_fp8_with_modelopt(built, tmp_path):
+    if not modelopt_available():
+        pytest.skip("nvidia-modelopt is not installed (make test installs it; see the quant extra)")
+    from fastblt.export.bundle import quantize_bundle
+
+    copy = tmp_path / "b"
+    shutil.copytree(built, copy)
+    quantize_bundle(copy, ("fp8",), log=lambda m: None)
+    manifest = Manifest.load(copy)
+    assert manifest.precisions == ["fp32", "int8", "fp8"]
+    for key in manifest.data["graphs"]:  # ModelOpt must not touch the FP32 graphs it reads
+        manifest.graph_file(key, "fp32")
+        manifest.graph_file(key, "fp8")
+    q = manifest.data["quality"]["fp8"]
+    assert np.isfinite(q["heldout_bpb"])
+    out = Generator(OrtBackend(copy, "fp8")).generate("def f(x):", max_new_bytes=8)
+    assert len(out.bytes) > 0
