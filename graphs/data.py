@@ -65,11 +65,13 @@ def path_documents(spec: str) -> list[Document]:
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     docs: list[Document] = []
     for f in files:
+        # the split hashes the path relative to the corpus, so it survives moving or copying the corpus
+        rel = f.name if path.is_file() else str(f.relative_to(path))
         if f.suffix == ".jsonl":
             with f.open("rb") as fh:
-                docs += [Document(f"{f}:{i}", f, i) for i, raw in enumerate(fh) if raw.strip()]
+                docs += [Document(f"{rel}:{i}", f, i) for i, raw in enumerate(fh) if raw.strip()]
         elif f.suffix in TEXT_SUFFIXES or path.is_file():
-            docs.append(Document(str(f), f))
+            docs.append(Document(rel, f))
     return docs
 
 
