@@ -1,12 +1,15 @@
-"""The anchor benchmark: HF transformers `generate` vs fastblt (torch, ONNX Runtime FP32 and INT8) on the
-same weights, same prompt (~1 KB of held-out code), greedy; bytes/s, ms per graph call, output equality.
+"""The anchor benchmark: HF transformers `generate` vs fastblt (torch, ONNX Runtime FP32 and INT8; AR and the
+lossless BLT-S) on the same weights, same prompt (~1 KB of held-out code), greedy; bytes/s, decode-only ms
+per graph call, output equality with HF.
 
-The weights are a random-initialised `transformers.BltForCausalLM` with the default model's dimensions
-(HF cannot run the shipped BLT-D: its vocabulary has MASK/PAD and its max_patch_length=8 patching differs
-from HF's at the last position), saved with `save_pretrained` and loaded by fastblt through `load_model`.
-HF runs its exact path (`use_cache=False`: one full forward per byte); its cached path is not equivalent.
+Weights (`--weights`): `trained` (default) is the shipped model written in HF format by
+`fastblt.graphs.hf_export.save_hf` without its MASK/PAD rows and without max_patch_length (HF applies that
+rule differently at the last row), so stock HF runs exactly the model fastblt runs; `random` is a
+random-initialised `transformers.BltForCausalLM` of the default model's sizes. Both sides load the same
+HF directory. HF runs its exact path (`use_cache=False`: one full forward per byte); its cached path is
+not equivalent. Machine load matters: run it on an idle box.
 
-    .venv/bin/python benchmarks/backends.py [--context 1024] [--new-bytes 64] [--threads 2]
+    .venv/bin/python benchmarks/backends.py [--weights trained|random] [--context 1024] [--new-bytes 64]
 """
 
 from __future__ import annotations
@@ -57,16 +60,27 @@ def hf_checkpoint(path, threshold_text: bytes):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights", choices=("trained", "random"), default="trained")
     ap.add_argument("--context", type=int, default=1024)
     ap.add_argument("--new-bytes", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=5, help="fastblt runs per row; the median is reported")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (HF and fastblt torch)")
-    ap.add_argument("--ort-threads", type=int, default=1)
+    ap.add_argument("--ort-threads", type=int, default=0, help="0: the ORT backend's per-graph default")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     text = heldout_text(args.context + 4096)
     prompt = text[: args.context]
-    hf_dir, bundle_dir = RESULTS / "hf-random-blt", RESULTS / "bundle-hf-random-blt"
-    hf = hf_checkpoint(hf_dir, text[args.context:])
+    hf_dir, bundle_dir = RESULTS / f"hf-{args.weights}-blt", RESULTS / f"bundle-hf-{args.weights}-blt"
+    if args.weights == "random":
+        hf = hf_checkpoint(hf_dir, text[args.context:])
+    else:
+        from transformers import BltForCausalLM
+
+        from fastblt.graphs import default_model_path
+        from fastblt.graphs.hf_export import save_hf
+
+        save_hf(load_model(default_model_path()), hf_dir, drop_special_rows=True, max_patch_length=None)
+        hf = BltForCausalLM.from_pretrained(hf_dir).eval()
     model = load_model(hf_dir)
 
     from fastblt.export.bundle import build_bundle
@@ -82,39 +96,44 @@ def main() -> None:
                           suppress_tokens=[0, 1, 3], pad_token_id=0)
         hf_s = time.perf_counter() - t0
     hf_bytes = bytes(i - 4 for i in out[0, ids.shape[1]:].tolist() if 4 <= i < 260)
-    rows = [{"engine": "HF transformers generate (use_cache=False)", "bytes_per_s": len(hf_bytes) / hf_s,
+    rows = [{"engine": "HF transformers generate (use_cache=False)", "mode": "ar", "bytes_per_s": len(hf_bytes) / hf_s,
              "new_bytes": len(hf_bytes), "identical_to_hf": True, "ms_per_call": {}}]
-    runs = [("fastblt torch reference", TorchBackend(model)), ("fastblt ORT FP32", OrtBackend(bundle_dir, "fp32",
-                                                                                                threads=args.ort_threads)),
-            ("fastblt ORT INT8", OrtBackend(bundle_dir, "int8", threads=args.ort_threads))]
-    fp32 = runs[1][1]
-    modes = [{"mode": "ar"}] * len(runs) + [{"mode": "blts", "draft_k": 8}, {"mode": "blts", "draft_k": 8}]
-    runs += [("fastblt torch reference, BLT-S k=8 (lossless)", runs[0][1]),
-             ("fastblt ORT FP32, BLT-S k=8 (lossless)", fp32)]
-    for (name, backend), mode in zip(runs, modes, strict=True):
+    torch_b = TorchBackend(model)
+    fp32 = OrtBackend(bundle_dir, "fp32", threads=args.ort_threads or None)
+    int8 = OrtBackend(bundle_dir, "int8", threads=args.ort_threads or None)
+    blts = {"mode": "blts", "draft_k": 8}
+    runs = [("fastblt torch reference", torch_b, {"mode": "ar"}),
+            ("fastblt ORT FP32", fp32, {"mode": "ar"}),
+            ("fastblt ORT INT8", int8, {"mode": "ar"}),
+            ("fastblt torch reference, BLT-S k=8 (lossless)", torch_b, blts),
+            ("fastblt ORT FP32, BLT-S k=8 (lossless)", fp32, blts)]
+    for name, backend, mode in runs:
         gen = Generator(backend)
         gen.generate(prompt, max_new_bytes=8, **mode)  # warm-up
-        best = None
-        for _ in range(3):
-            r = gen.generate(prompt, max_new_bytes=args.new_bytes, **mode)
-            best = r if best is None or r.bytes_per_s > best.bytes_per_s else best
-        calls, ms = best.counters["decode_graph_calls"], best.counters["graph_ms"]
-        rows.append({"engine": name, "mode": mode["mode"], "bytes_per_s": best.bytes_per_s,
-                     "new_bytes": len(best.bytes), "acceptance": best.counters.get("acceptance"),
-                     "identical_to_hf": best.bytes == hf_bytes,
-                     "ms_per_call": {g: ms[g] / best.counters["graph_calls"][g] for g in calls}})
+        results = sorted((gen.generate(prompt, max_new_bytes=args.new_bytes, **mode) for _ in range(args.repeats)),
+                         key=lambda r: r.bytes_per_s)
+        med = results[len(results) // 2]
+        calls, ms = med.counters["decode_graph_calls"], med.counters["decode_graph_ms"]
+        rows.append({"engine": name, "mode": mode["mode"], "bytes_per_s": med.bytes_per_s,
+                     "bytes_per_s_all": [r.bytes_per_s for r in results],
+                     "new_bytes": len(med.bytes), "acceptance": med.counters.get("acceptance"),
+                     "identical_to_hf": all(r.bytes == hf_bytes for r in results),
+                     "ms_per_call": {g: ms[g] / calls[g] for g in calls if calls[g]},
+                     "calls_per_byte": {g: calls[g] / max(len(med.bytes), 1) for g in calls}})
     base = rows[0]["bytes_per_s"]
-    lines = [f"context {len(prompt)} bytes of held-out code, {args.new_bytes} new bytes, greedy, "
-             f"torch threads {args.threads}, ORT threads {args.ort_threads}; model: random HF BLT with the default "
-             "model's sizes; ms/call averages include the prefill call", "",
-             "| engine | bytes/s | × HF | greedy output = HF | ms/call patcher · encoder · global · decoder_step |",
-             "|---|---|---|---|---|"]
+    lines = [f"weights: {args.weights} (HF format, same directory for both), context {len(prompt)} bytes of held-out "
+             f"code, {args.new_bytes} new bytes, greedy; torch threads {args.threads}; fastblt rows are the median "
+             f"of {args.repeats} runs; ms/call is decode-only", "",
+             "| engine | bytes/s | × HF | greedy output = HF | acceptance | ms/call patcher · encoder · global · "
+             "decoder_step |", "|---|---|---|---|---|---|"]
     for row in rows:
         ms = row["ms_per_call"]
-        per = " · ".join(f"{ms[g]:.2f}" for g in ("patcher", "encoder", "global", "decoder_step") if g in ms) or "–"
+        per = " · ".join(f"{ms[g]:.3f}" for g in ("patcher", "encoder", "global", "decoder_step") if g in ms) or "–"
+        acc = "–" if row.get("acceptance") is None else f"{row['acceptance']:.2f}"
         lines.append(f"| {row['engine']} | {row['bytes_per_s']:.1f} | {row['bytes_per_s'] / base:.1f} | "
-                     f"{'yes' if row['identical_to_hf'] else 'NO'} | {per} |")
-    write("backends", {"machine": machine(), "context": len(prompt), "rows": rows}, "\n".join(lines))
+                     f"{'yes' if row['identical_to_hf'] else 'NO'} | {acc} | {per} |")
+    write(f"backends-{args.weights}", {"machine": machine(), "weights": args.weights, "context": len(prompt),
+                                       "rows": rows}, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -292,6 +292,28 @@ def import_hf(hf_dir, out, dtype):
                f"θ={model.config.patch_threshold:.4f})")
 
 
+@main.command("export-hf")
+@click.argument("checkpoint", required=False, type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="HF BLT directory to write (atomically).")
+@click.option("--keep-special-rows", is_flag=True,
+              help="Keep the MASK/PAD rows (ids ≥ 260); stock HF then takes patcher entropies over them too.")
+@click.option("--no-max-patch-length", is_flag=True,
+              help="Write no max_patch_length, so HF's last-row logits (greedy decoding) equal fastblt's.")
+def export_hf(checkpoint, out, keep_special_rows, no_max_patch_length):
+    """Write CHECKPOINT (default: the bundled model) as an HF BLT directory for transformers.BltForCausalLM."""
+    try:
+        from fastblt.graphs.hf_export import save_hf
+
+        path = save_hf(_model_or_default(checkpoint), out, drop_special_rows=not keep_special_rows,
+                       max_patch_length=None if no_max_patch_length else "keep")
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
+        _fail(exc)
+    click.echo(f"wrote {path}/config.json and {path}/model.safetensors (HF BLT, fp32): vocab_size "
+               f"{config['vocab_size']}, max_patch_length {config['max_patch_length']}, "
+               f"θ={config['patching_threshold']:.4f}")
+
+
 @main.command()
 @click.argument("checkpoint", type=click.Path())
 @click.option("--json", "as_json", is_flag=True)

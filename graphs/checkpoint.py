@@ -166,7 +166,10 @@ def replace_dir(tmp: Path, dest: Path) -> None:
 
 
 # ---- HF BltConfig → fastblt config ------------------------------------------------------------------------
-def _hf_stack(sub: dict[str, Any], where: str, window: int | None, theta: float) -> TransformerConfig:
+def _hf_stack(sub: dict[str, Any], where: str, window: int | None, theta: float,
+              max_positions: int = 24576) -> TransformerConfig:
+    """One HF sub-config; a missing optional field takes HF's own default (so a terse config means in fastblt
+    what it means in transformers)."""
     def need(key: str) -> Any:
         if key not in sub:
             raise ConfigError(f"{where}.{key} is missing")
@@ -183,7 +186,7 @@ def _hf_stack(sub: dict[str, Any], where: str, window: int | None, theta: float)
         n_kv_heads=sub.get("num_key_value_heads") or None, ffn_dim=ffn,
         rope_theta=float(rope.get("rope_theta", sub.get("rope_theta", theta))),
         norm_eps=float(sub.get("rms_norm_eps", 1e-5)), window=window,
-        max_positions=int(sub.get("max_position_embeddings", 24576)),
+        max_positions=int(sub.get("max_position_embeddings", max_positions)),
     )
 
 
@@ -208,9 +211,9 @@ def config_from_hf(data: dict[str, Any], source: str = "config.json") -> BltConf
         window = data.get("local_attention_window_len", 512)
         cfg = BltConfig(
             patcher=_hf_stack(subs["patcher_config"], "patcher_config",
-                              subs["patcher_config"].get("sliding_window"), 10000.0),
+                              subs["patcher_config"].get("sliding_window", 512), 10000.0, 8192),
             encoder=_hf_stack(enc, "encoder_config", window, 500000.0),
-            global_transformer=_hf_stack(subs["global_config"], "global_config", None, 500000.0),
+            global_transformer=_hf_stack(subs["global_config"], "global_config", None, 500000.0, 4096),
             decoder=_hf_stack(dec, "decoder_config", window, 500000.0),
             vocab_size=int(data.get("vocab_size", 260)),
             cross_attn_k=k,

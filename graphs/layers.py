@@ -25,30 +25,37 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        x = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)  # this form fuses into one ORT op
         return self.weight * x.to(dtype)
 
 
 class Rope(nn.Module):
-    """Interleaved-pair rotary embedding (dims 2i, 2i+1 rotated by pos·θ^(-2i/d)), as in BLT."""
+    """Interleaved-pair rotary embedding (dims 2i, 2i+1 rotated by pos·θ^(-2i/d)), as in BLT.
+
+    Written as x·cos + (x·P)·sin with cos/sin repeated per pair (sin signed) and P the constant pair swap
+    (x0, x1) → (x1, x0): bit-identical to rotating the pairs, but four ops per tensor once exported instead
+    of a dozen reshapes/splits/stacks (decoding is bound by per-op overhead and weight traffic, not flops).
+    """
 
     def __init__(self, head_dim: int, theta: float) -> None:
         super().__init__()
         inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
-        self.register_buffer("inv_freq", inv, persistent=False)
+        self.register_buffer("inv_freq", inv.repeat_interleave(2), persistent=False)
+        self.register_buffer("sign", torch.tensor([-1.0, 1.0]).repeat(head_dim // 2), persistent=False)
+        swap = torch.zeros(head_dim, head_dim)
+        idx = torch.arange(head_dim)
+        swap[idx ^ 1, idx] = 1.0
+        self.register_buffer("swap", swap, persistent=False)
 
-    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = positions.float()[..., None] * self.inv_freq  # [b, t, d/2]
-        return freqs.cos(), freqs.sin()
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """positions [b, t] → (cos, signed sin, swap): cos/sin [b, 1, t, d], what `apply_rope` takes."""
+        freqs = positions.float()[:, None, :, None] * self.inv_freq
+        return freqs.cos(), freqs.sin() * self.sign, self.swap
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [b, h, t, d]; cos/sin: [b, t, d/2]."""
-    b, h, t, d = x.shape
-    pairs = x.reshape(b, h, t, d // 2, 2)
-    x0, x1 = pairs[..., 0], pairs[..., 1]
-    c, s = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)
-    return torch.stack((x0 * c - x1 * s, x1 * c + x0 * s), dim=-1).reshape(b, h, t, d)
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, swap: torch.Tensor) -> torch.Tensor:
+    """x [b, h, t, d]: out[2i] = x[2i]·c − x[2i+1]·s, out[2i+1] = x[2i+1]·c + x[2i]·s."""
+    return x * cos.to(x.dtype) + torch.matmul(x, swap.to(x.dtype)) * sin.to(x.dtype)
 
 
 def window_bias(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
@@ -87,8 +94,9 @@ class SelfAttention(nn.Module):
         self.v_proj = nn.Linear(cfg.dim, cfg.kv_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
-    def forward(self, x, cos, sin, bias, past_k, past_v, inner=None):
-        """x [b,t,D]; past_k/v [b,h_kv,T,d]; bias [b,1,t,T+t] → (out, new k, new v) with k already rotated.
+    def forward(self, x, rope, bias, past_k, past_v, inner=None):
+        """x [b,t,D]; rope from `Rope`; past_k/v [b,h_kv,T,d]; bias [b,1,t,T+t] (fp32, finite)
+        → (out, new k, new v) with k already rotated.
 
         With `inner` ([B,B] additive, training only): the t rows are t/B independent blocks; `bias` then
         covers the T past keys only and each block attends to itself through `inner`, never to the others
@@ -98,13 +106,15 @@ class SelfAttention(nn.Module):
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if inner is not None:
             return self.o_proj(self._blockwise(q, k, v, bias, past_k, past_v, inner)), k, v
         keys, values = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
         keys, values = self._expand(keys), self._expand(values)
-        bias = bias.clamp(min=torch.finfo(q.dtype).min).to(q.dtype)  # finite in bf16/fp16 too
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias)
+        # written out rather than F.scaled_dot_product_attention: its ONNX decomposition costs ~16 ops, this 5;
+        # scores are fp32 (fp32 bias), so the finite NEG masks even under bf16 autocast
+        scores = torch.matmul(q * self.head_dim**-0.5, keys.transpose(-1, -2)) + bias.float()
+        out = torch.matmul(torch.softmax(scores, dim=-1).to(values.dtype), values)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), k, v
 
     def _expand(self, x: torch.Tensor) -> torch.Tensor:
@@ -136,8 +146,8 @@ class TransformerLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
 
-    def forward(self, x, cos, sin, bias, past_k, past_v, inner=None):
-        h, k, v = self.self_attn(self.input_layernorm(x), cos, sin, bias, past_k, past_v, inner)
+    def forward(self, x, rope, bias, past_k, past_v, inner=None):
+        h, k, v = self.self_attn(self.input_layernorm(x), rope, bias, past_k, past_v, inner)
         x = x + h
         return x + self.mlp(self.post_attention_layernorm(x)), k, v
 
@@ -156,12 +166,12 @@ class Stack(nn.Module):
         return like.new_zeros(shape), like.new_zeros(shape)
 
     def run(self, x, positions, bias, past_k, past_v, before_layer=None, inner=None):
-        cos, sin = self.rotary_emb(positions)
+        rope = self.rotary_emb(positions)
         ks, vs = [], []
         for i, layer in enumerate(self.layers):
             if before_layer is not None:
                 x = before_layer(i, x)
-            x, k, v = layer(x, cos, sin, bias, past_k[i], past_v[i], inner)
+            x, k, v = layer(x, rope, bias, past_k[i], past_v[i], inner)
             ks.append(k)
             vs.append(v)
         return x, torch.stack(ks), torch.stack(vs)

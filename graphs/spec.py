@@ -8,6 +8,7 @@ heads, d head dim.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from fastblt.graphs.config import BltConfig, TransformerConfig
@@ -27,11 +28,11 @@ class GraphSpec:
     outputs: tuple[TensorSpec, ...]
     stack: str  # which TransformerConfig owns the KV cache
 
-    @property
+    @functools.cached_property  # read on every graph call
     def input_names(self) -> tuple[str, ...]:
         return tuple(i.name for i in self.inputs)
 
-    @property
+    @functools.cached_property
     def output_names(self) -> tuple[str, ...]:
         return tuple(o.name for o in self.outputs)
 

@@ -29,7 +29,8 @@ class Counters:
     accepted_per_iteration: list = field(default_factory=list)
     exact: bool = True  # False when a sampled verification is only approximately lossless
 
-    def report(self, session, new_bytes: int, prefill_calls: dict | None = None) -> dict:
+    def report(self, session, new_bytes: int, prefill_calls: dict | None = None,
+               prefill_seconds: dict | None = None) -> dict:
         params = param_counts(session.config)
         p_dec, p_encglob = params["decoder"], params["encoder"] + params["global"]
         calls = dict(session.calls)
@@ -50,6 +51,8 @@ class Counters:
             "graph_calls": calls,
             "decode_graph_calls": {g: n - (prefill_calls or {}).get(g, 0) for g, n in calls.items()},
             "graph_ms": {g: round(1000 * s, 3) for g, s in session.seconds.items()},
+            "decode_graph_ms": {g: round(1000 * (s - (prefill_seconds or {}).get(g, 0.0)), 3)
+                                for g, s in session.seconds.items()},
             "params": params,
             "new_bytes": new_bytes,
             "iterations": self.iterations,

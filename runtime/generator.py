@@ -87,7 +87,7 @@ class Generator:
         session = Session(self.backend)
         session.commit(ids)
         prefill = time.perf_counter() - start
-        prefill_calls = dict(session.calls)
+        prefill_calls, prefill_seconds = dict(session.calls), dict(session.seconds)
         out = bytearray()
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         reason = "max_new_bytes"
@@ -121,7 +121,8 @@ class Generator:
         if tail:
             yield {"type": "text", "text": tail, "bytes": b""}
         result = Result(bytes(out).decode("utf-8", errors="replace"), bytes(out), mode, reason,
-                        len(ids) - 1, counters.report(session, len(out), prefill_calls), seconds, prefill)
+                        len(ids) - 1, counters.report(session, len(out), prefill_calls, prefill_seconds), seconds,
+                        prefill)
         yield {"type": "done", "result": result}
 
     def generate(self, prompt: str | bytes = b"", **options) -> Result:

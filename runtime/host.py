@@ -6,12 +6,14 @@ here, not in a graph, because ONNX Runtime and TensorRT do not reproduce int64 w
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
 
 BOE, BOS, EOS, BPE_DELIM = 0, 1, 2, 3
 OFFSET = 4
+_MASK = 0xFFFFFFFFFFFFFFFF
 HASH_PRIMES = (
     1000000007, 5915587277, 1500450271, 3267000013, 5754853343, 4093082899,
     9576890767, 3628273133, 2860486313, 5463458053, 3367900313,
@@ -30,13 +32,31 @@ def decode_bytes(ids: Sequence[int]) -> bytes:
     return bytes(i - OFFSET for i in ids if OFFSET <= i < OFFSET + 256)
 
 
+@functools.cache
+def _powers(prime: int, n: int) -> tuple[int, ...]:
+    """p^0..p^(n-1) in wrapping 64-bit arithmetic."""
+    out, acc = [], 1
+    for _ in range(n):
+        out.append(acc)
+        acc = (acc * prime) & _MASK
+    return tuple(out)
+
+
 def _prime_powers(prime: int, n: int) -> np.ndarray:
-    """p^0..p^(n-1) in wrapping 64-bit arithmetic, as uint64."""
-    out = np.empty(n, dtype=np.uint64)
-    acc = 1
-    for i in range(n):
-        out[i] = acc
-        acc = (acc * prime) & 0xFFFFFFFFFFFFFFFF
+    return np.array(_powers(prime, n), dtype=np.uint64)
+
+
+def _hash_one(window: list[int], sizes: Sequence[int], vocab: int, n_functions: int, fused: bool) -> list[int]:
+    """Hash ids of the last position of `window` (its max(sizes) ids, zeros before the sequence), in plain
+    Python ints: a decode step hashes one byte, where numpy's per-call overhead would dominate."""
+    out, col = [], 0
+    for f in range(n_functions):
+        prime = HASH_PRIMES[f % len(HASH_PRIMES)]
+        for g in sizes:
+            acc = sum(x * p for x, p in zip(window[len(window) - g:], _powers(prime, g), strict=True)) & _MASK
+            signed = acc - (1 << 64) if acc >= (1 << 63) else acc
+            out.append(signed % vocab + (col * vocab if fused else 0))
+            col += 1
     return out
 
 
@@ -57,6 +77,9 @@ def hash_ids(
     """
     ids = np.asarray(ids, dtype=np.int64).reshape(-1)
     gmax = max(sizes)
+    if ids.size == 1:
+        window = [0] * gmax + [int(i) for i in history[max(len(history) - gmax + 1, 0):]] + [int(ids[0])]
+        return np.array([_hash_one(window[-gmax:], sizes, vocab, n_functions, fused)], dtype=np.int64)
     hist = np.asarray(list(history)[-(gmax - 1):] if gmax > 1 else [], dtype=np.int64)
     hist = np.concatenate([np.zeros(gmax - 1 - hist.size, dtype=np.int64), hist])
     full = np.concatenate([hist, ids]).astype(np.uint64)

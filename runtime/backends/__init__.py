@@ -34,9 +34,10 @@ _DTYPES = {"int64": np.int64, "float32": np.float32, "bool": np.bool_}
 
 
 def check_feeds(spec: GraphSpec, feeds: dict[str, np.ndarray]) -> None:
-    missing = [n for n in spec.input_names if n not in feeds]
-    extra = [n for n in feeds if n not in spec.input_names]
-    if missing or extra:
+    names = spec.input_names
+    if len(feeds) != len(names) or any(n not in feeds for n in names):
+        missing = [n for n in names if n not in feeds]
+        extra = [n for n in feeds if n not in names]
         raise FeedError(f"graph {spec.name!r}: missing inputs {missing}, unexpected inputs {extra}; "
                         f"expected {list(spec.input_names)}")
     for ts in spec.inputs:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from fastblt.graphs import CheckpointError, ConfigError, load_model, save_model
+from fastblt.graphs.checkpoint import config_from_hf
 
 
 def test_native_round_trip(tmp_path, tiny_model):
@@ -100,3 +101,18 @@ def test_bad_configs(tmp_path, tiny_model, hf_checkpoints):
     (hf / "config.json").write_text(json.dumps(data))
     with pytest.raises(CheckpointError, match="model_type='llama' is not a BLT"):
         load_model(hf)
+
+
+def test_terse_hf_config_takes_hf_defaults():
+    """A field HF's BltConfig fills in by default must mean the same thing in fastblt (patcher window 512,
+    patcher/global max positions 8192/4096), not 'unbounded'."""
+    from transformers import BltConfig
+
+    sub = dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=1, intermediate_size=64)
+    terse = dict(patcher_config=dict(sub), encoder_config=dict(sub), decoder_config=dict(sub),
+                 global_config=dict(sub, hidden_size=64))
+    cfg = config_from_hf(terse)
+    hf = BltConfig(**terse)
+    assert cfg.patcher.window == hf.patcher_config.sliding_window == 512
+    assert cfg.patcher.max_positions == hf.patcher_config.max_position_embeddings
+    assert cfg.global_transformer.max_positions == hf.global_config.max_position_embeddings

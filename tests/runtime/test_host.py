@@ -21,6 +21,7 @@ def test_hash_test_vectors():
 
 
 def test_hash_incremental_equals_batch_and_fused_offsets():
+    """One byte at a time takes the pure-Python path, many at once the numpy one: they must agree."""
     rng = np.random.default_rng(0)
     ids = [1] + rng.integers(4, 260, 300).tolist()
     full = host.hash_ids(ids, [3, 4, 5, 6, 7, 8], 500002, n_functions=3)
