@@ -39,6 +39,7 @@ test: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-dev $(BUNDLE)/manifest.json
 	$(BIN)/python benchmarks/context_scaling.py --bundle $(BUNDLE)
 	$(BIN)/python benchmarks/backends.py
+	$(BIN)/python benchmarks/backends.py --weights random
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .cache

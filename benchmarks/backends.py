@@ -91,10 +91,12 @@ def main() -> None:
     ids = torch.tensor([encode(prompt)])
     with torch.no_grad():  # HF: exact path, BLT specials suppressed as fastblt's sampler does
         hf.generate(ids, max_new_tokens=2, do_sample=False, use_cache=False, suppress_tokens=[0, 1, 3])
-        t0 = time.perf_counter()
-        out = hf.generate(ids, max_new_tokens=args.new_bytes, do_sample=False, use_cache=False,
-                          suppress_tokens=[0, 1, 3], pad_token_id=0)
-        hf_s = time.perf_counter() - t0
+        hf_s = float("inf")
+        for _ in range(2):  # HF's best of two: the ratio errs on HF's side
+            t0 = time.perf_counter()
+            out = hf.generate(ids, max_new_tokens=args.new_bytes, do_sample=False, use_cache=False,
+                              suppress_tokens=[0, 1, 3], pad_token_id=0)
+            hf_s = min(hf_s, time.perf_counter() - t0)
     hf_bytes = bytes(i - 4 for i in out[0, ids.shape[1]:].tolist() if 4 <= i < 260)
     rows = [{"engine": "HF transformers generate (use_cache=False)", "mode": "ar", "bytes_per_s": len(hf_bytes) / hf_s,
              "new_bytes": len(hf_bytes), "identical_to_hf": True, "ms_per_call": {}}]
@@ -122,8 +124,8 @@ def main() -> None:
                      "calls_per_byte": {g: calls[g] / max(len(med.bytes), 1) for g in calls}})
     base = rows[0]["bytes_per_s"]
     lines = [f"weights: {args.weights} (HF format, same directory for both), context {len(prompt)} bytes of held-out "
-             f"code, {args.new_bytes} new bytes, greedy; torch threads {args.threads}; fastblt rows are the median "
-             f"of {args.repeats} runs; ms/call is decode-only", "",
+             f"code, {args.new_bytes} new bytes, greedy; torch threads {args.threads}; HF: best of 2 runs; fastblt "
+             f"rows: median of {args.repeats} runs; ms/call is decode-only", "",
              "| engine | bytes/s | × HF | greedy output = HF | acceptance | ms/call patcher · encoder · global · "
              "decoder_step |", "|---|---|---|---|---|---|"]
     for row in rows:
