@@ -23,14 +23,17 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(PIP) install --no-deps nvidia-modelopt==0.47.0
 	touch $@ $(VENV)/.installed-run
 
-# The main job: export the bundled BLT-D to a validated FP32+INT8 ONNX bundle (rebuilt when the model
-# changes), then generate greedily in all four modes with ONNX Runtime and print one table.
-$(BUNDLE)/manifest.json: $(MODEL)/model.safetensors $(MODEL)/config.json | $(VENV)/.installed-run
-	$(BIN)/blt-export build --out $(BUNDLE) --precision fp32,int8
+# The main job: export the bundled BLT-D to a validated ONNX bundle (FP32, INT8 Q/DQ for TensorRT, INT8
+# dynamic for CPU; rebuilt when the model or the export code changes), then generate greedily in all four
+# modes with ONNX Runtime and print one table per precision.
+$(BUNDLE)/manifest.json: $(MODEL)/model.safetensors $(MODEL)/config.json $(wildcard graphs/*.py export/*.py) \
+		| $(VENV)/.installed-run
+	$(BIN)/blt-export build --out $(BUNDLE) --precision fp32,int8,int8-dynamic
 
 run: $(VENV)/.installed-run $(BUNDLE)/manifest.json
 	$(BIN)/blt-run compare --bundle $(BUNDLE) --precision fp32
 	$(BIN)/blt-run compare --bundle $(BUNDLE) --precision int8
+	$(BIN)/blt-run compare --bundle $(BUNDLE) --precision int8-dynamic
 
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

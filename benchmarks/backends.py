@@ -87,7 +87,7 @@ def main() -> None:
     from fastblt.runtime.backends.ort import OrtBackend
     from fastblt.runtime.backends.torch_ref import TorchBackend
 
-    build_bundle(model, bundle_dir, ("fp32", "int8"), engines="no", log=lambda m: None)
+    build_bundle(model, bundle_dir, ("fp32", "int8", "int8-dynamic"), engines="no", log=lambda m: None)
     ids = torch.tensor([encode(prompt)])
     with torch.no_grad():  # HF: exact path, BLT specials suppressed as fastblt's sampler does
         hf.generate(ids, max_new_tokens=2, do_sample=False, use_cache=False, suppress_tokens=[0, 1, 3])
@@ -103,12 +103,15 @@ def main() -> None:
     torch_b = TorchBackend(model)
     fp32 = OrtBackend(bundle_dir, "fp32", threads=args.ort_threads or None)
     int8 = OrtBackend(bundle_dir, "int8", threads=args.ort_threads or None)
+    dyn = OrtBackend(bundle_dir, "int8-dynamic", threads=args.ort_threads or None)
     blts = {"mode": "blts", "draft_k": 8}
     runs = [("fastblt torch reference", torch_b, {"mode": "ar"}),
             ("fastblt ORT FP32", fp32, {"mode": "ar"}),
-            ("fastblt ORT INT8", int8, {"mode": "ar"}),
+            ("fastblt ORT INT8 (Q/DQ)", int8, {"mode": "ar"}),
+            ("fastblt ORT INT8-dynamic (CPU)", dyn, {"mode": "ar"}),
             ("fastblt torch reference, BLT-S k=8 (lossless)", torch_b, blts),
-            ("fastblt ORT FP32, BLT-S k=8 (lossless)", fp32, blts)]
+            ("fastblt ORT FP32, BLT-S k=8 (lossless)", fp32, blts),
+            ("fastblt ORT INT8-dynamic, BLT-S k=8", dyn, blts)]
     for name, backend, mode in runs:
         gen = Generator(backend)
         gen.generate(prompt, max_new_bytes=8, **mode)  # warm-up

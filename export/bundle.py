@@ -14,7 +14,14 @@ from importlib import metadata
 from pathlib import Path
 
 from fastblt.export.onnx_export import OPSET, export_graph
-from fastblt.export.quantize import MODELOPT_HINT, PRECISIONS, QuantizeError, modelopt_available, quantize_graph
+from fastblt.export.quantize import (
+    MODELOPT_HINT,
+    ORT_ONLY,
+    PRECISIONS,
+    QuantizeError,
+    modelopt_available,
+    quantize_graph,
+)
 from fastblt.graphs.checkpoint import replace_dir
 from fastblt.graphs.spec import GRAPH_NAMES, graph_specs
 from fastblt.runtime.manifest import graph_key, sha256_file, write_manifest
@@ -54,7 +61,8 @@ def check_request(precisions: tuple[str, ...], engines: str) -> None:
             raise BuildError("--engines yes needs an NVIDIA GPU with TensorRT (none found); use --engines auto or no")
         return
     for p in precisions:
-        check_precision(p, info)
+        if p not in ORT_ONLY:
+            check_precision(p, info)
 
 
 def build_bundle(model, out: Path, precisions: tuple[str, ...] = ("fp32", "int8"),
@@ -187,6 +195,9 @@ def _engines(root: Path, manifest: dict, precisions, block_sizes, log) -> None:
     cfg_specs = graph_specs(manifest_config(manifest))
     (root / "engines").mkdir(exist_ok=True)
     for precision in precisions:
+        if precision in ORT_ONLY:
+            log(f"{precision} is an ONNX Runtime CPU precision: no TensorRT engines for it")
+            continue
         for key, entry in manifest["graphs"].items():
             log(f"building TensorRT engine {key} ({precision}) for {info.gpu_name}")
             ranges = dim_ranges(manifest_config(manifest), entry["block_size"])

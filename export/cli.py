@@ -157,7 +157,7 @@ def _model_or_default(checkpoint):
 @click.argument("checkpoint", required=False, type=click.Path())
 @click.option("--out", required=True, type=click.Path(), help="Bundle directory (written atomically).")
 @click.option("--precision", "precisions", default="fp32,int8", show_default=True,
-              help="Comma-separated: fp32 (always), int8, fp8.")
+              help="Comma-separated: fp32 (always), int8, fp8 (Q/DQ, for TensorRT), int8-dynamic (ORT CPU).")
 @click.option("--block-sizes", default=None, help="decoder_block sizes to export (default: all trained).")
 @click.option("--engines", type=click.Choice(["auto", "yes", "no"]), default="auto", show_default=True,
               help="TensorRT engines: auto = when an NVIDIA GPU with TensorRT is present.")

@@ -121,6 +121,9 @@ def _cc(text: str) -> tuple[int, int]:
 
 def check_precision(precision: str, info: DeviceInfo) -> None:
     """Refuse a precision the GPU cannot run before spending minutes in the builder."""
+    if precision == "int8-dynamic":
+        raise PrecisionError("int8-dynamic is ONNX Runtime's CPU quantization (integer matmuls with per-call "
+                             "activation scales); TensorRT engines are built from int8 (Q/DQ) or fp8 instead")
     if precision not in PRECISIONS:
         raise PrecisionError(f"unknown precision {precision!r}; valid precisions are {list(PRECISIONS)} (fp16 is "
                              "built from the bundle's FP16 ONNX, int8/fp8 from its Q/DQ ONNX: TensorRT 11 has no "

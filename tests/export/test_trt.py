@@ -305,3 +305,8 @@ def test_stale_engine_is_refused_and_rebuilt(trt_bundle, tmp_path):
     engine_bundle(bundle, ("fp32",), log=lambda m: None)
     assert sorted(r["path"] for r in Manifest.load(bundle).data["engines"]) == keys
     TensorRTBackend(bundle).close()
+
+
+def test_int8_dynamic_is_refused_for_engines():
+    with pytest.raises(PrecisionError, match=r"int8-dynamic is ONNX Runtime's CPU quantization.*int8 \(Q/DQ\)"):
+        check_precision("int8-dynamic", ADA)
