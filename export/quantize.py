@@ -8,9 +8,12 @@ attention and residual inputs) cost +0.151 held-out bits/byte with max or entrop
 +0.0067, ModelOpt FP8 +0.0045.
 
 Q/DQ graphs are the portable format TensorRT compiles, but ORT's CPU EP dequantizes their weights on every
-call, so they run slower than FP32 there. `int8-dynamic` is the CPU precision: ORT `quantize_dynamic`
-stores the weight MatMuls as int8 (per channel) and quantizes activations per call, which ORT runs as
-integer matmuls (measured on the global transformer: 0.52 vs 1.14 ms per call). TensorRT cannot build it.
+call, so they run slower than FP32 there. `int8-dynamic` is the CPU precision: every weight MatMul becomes
+ORT's `MatMulNBits` with 8-bit symmetric weights in blocks of 32 and accuracy level 4, i.e. integer
+matmuls on activations quantized at run time per row and block (global transformer: 0.53 vs 1.15 ms per
+call). Per-row scales keep a row's logits independent of the other rows in the call, so BLT-S and BLT-DV
+verification stays byte-identical to AR; ORT `quantize_dynamic`, whose per-tensor activation scale couples
+the rows, measured the same speed but broke that. TensorRT cannot build it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 
 PRECISIONS = ("fp32", "int8", "fp8", "int8-dynamic")
 ORT_ONLY = ("int8-dynamic",)  # precisions TensorRT engines are never built from
+BLOCK = 32  # int8-dynamic: weights per scale, and activations quantized per row in blocks of this many
 MODELOPT_HINT = ("pip install --no-deps nvidia-modelopt==0.47.0 onnx-graphsurgeon (its [onnx] extra pins an old "
                  "onnx and onnxruntime-gpu, so install it without the extra, next to onnx and onnxruntime)")
 
@@ -40,13 +44,15 @@ def modelopt_available() -> bool:
 
 def _weight_matmuls(path: Path) -> list[str]:
     """MatMul/Gemm nodes with a constant weight input: activation×activation products (attention) stay
-    in float, which costs nothing in size and keeps the attention scores exact."""
+    in float, which costs nothing in size and keeps the attention scores exact. RoPE's constant pair-swap
+    matrix is no weight either: it stays exact in float (quantizing it would only add error to q and k)."""
     import onnx
 
     model = onnx.load(str(path))
     consts = {i.name for i in model.graph.initializer}
     consts |= {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
-    return [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and any(i in consts for i in n.input)]
+    return [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm")
+            and any(i in consts and not i.endswith("rotary_emb.swap") for i in n.input)]
 
 
 class _Reader:
@@ -72,14 +78,21 @@ def quantize_ort_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) 
 
 
 def quantize_ort_dynamic(src: Path, dst: Path) -> dict:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     nodes = _weight_matmuls(src)
     if not nodes:
         shutil.copyfile(src, dst)
         return {"tool": "none (no weight MatMul)", "quantized_nodes": 0}
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, nodes_to_quantize=nodes)
-    return {"tool": "onnxruntime.quantize_dynamic", "quantized_nodes": len(nodes)}
+    config = DefaultWeightOnlyQuantConfig(block_size=BLOCK, is_symmetric=True, accuracy_level=4, bits=8)
+    model = onnx.load(str(src))
+    others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in nodes]
+    quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=others, algo_config=config)  # (include only adds)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
+    return {"tool": "onnxruntime MatMulNBitsQuantizer", "bits": 8, "block_size": BLOCK, "accuracy_level": 4,
+            "quantized_nodes": len(nodes)}
 
 
 def quantize_modelopt(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], mode: str) -> dict:
