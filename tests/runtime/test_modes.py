@@ -153,6 +153,9 @@ def test_graph_calls_per_byte_do_not_grow_with_context():
         per_byte.append(calls["decoder_step"] / out.counters["new_bytes"])
         assert calls["encoder"] == calls["patcher"] == calls["decoder_step"]
         assert calls["global"] <= calls["decoder_step"]
+        decode_ms, all_ms = out.counters["decode_graph_ms"], out.counters["graph_ms"]
+        assert decode_ms.keys() == all_ms.keys()
+        assert all(0 < decode_ms[g] < all_ms[g] for g in ("patcher", "encoder", "decoder_step"))  # prefill left out
     assert per_byte[0] == per_byte[1] == 1.0
 
 
