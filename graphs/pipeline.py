@@ -86,11 +86,13 @@ def model_card(cfg: BltConfig, calib: dict, patcher_tc: TrainConfig, tc: TrainCo
         f"| components (params) | patcher {counts['patcher']:,}, encoder {counts['encoder']:,}, hash tables "
         f"{counts['hash_embeddings']:,}, global {counts['global']:,}, decoder {counts['decoder']:,} |",
         f"| global : decoder | {counts['global'] / counts['decoder']:.1f} : 1 |",
-        f"| patcher training | {patcher_tc.steps} steps × {patcher_tc.batch_size} × {patcher_tc.seq_len} bytes; "
+        f"| patcher training | {patcher_tc.steps} steps × {patcher_tc.batch_size} × {patcher_tc.seq_len} bytes per "
+        "process; "
         f"held-out bpb {calib.get('patcher_heldout_bpb') or float('nan'):.3f} |",
         f"| patching | θ = {calib['patch_threshold']:.4f} nats, max patch length {calib['max_patch_length']}, "
         f"measured mean patch length {calib['mean_patch_size']:.2f} bytes (target {calib['target_patch_size']}) |",
-        f"| BLT-D training | {trainer.step} steps × {tc.batch_size} × {tc.seq_len} bytes, block sizes "
+        f"| BLT-D training | {trainer.step} steps × {trainer.world} process(es) × {tc.batch_size} × {tc.seq_len} "
+        "bytes, block sizes "
         f"{list(tc.block_sizes)} (p = {list(tc.block_probs)}), lr {tc.lr} cosine, bf16 autocast |",
         f"| bytes seen | {trainer.bytes_seen:,} |",
         f"| wall time (BLT-D stage, summed over resumes) | {trainer.seconds / 3600:.2f} h |",
