@@ -77,10 +77,14 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-bf16", is_flag=True, help="Train in fp32 instead of bf16 autocast.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--init-from", type=click.Path(), default=None,
+              help="Continue training this BLT (e.g. the bundled default model): all its weights, patcher and θ "
+                   "are kept, the patcher stage is skipped; --preset/--config/--max-patch-length are ignored.")
 def train(run_dir, out, preset, config_path, corpora, patcher_steps, steps, batch_size, seq_len, lr, block_sizes,
-          block_probs, target_patch_size, max_patch_length, eval_every, ckpt_every, threads, seed, no_bf16, quiet):
-    """Train a BLT-D from scratch: entropy patcher, θ search, then next-byte + block-diffusion training.
-    Runs under `torchrun --nproc_per_node=N` (gloo) for data parallelism."""
+          block_probs, target_patch_size, max_patch_length, eval_every, ckpt_every, threads, seed, no_bf16, quiet,
+          init_from):
+    """Train a BLT-D from scratch (entropy patcher, θ search, then next-byte + block-diffusion training), or
+    continue one with --init-from. Runs under `torchrun --nproc_per_node=N` (gloo) for data parallelism."""
     import dataclasses
     import os
 
@@ -102,9 +106,11 @@ def train(run_dir, out, preset, config_path, corpora, patcher_steps, steps, batc
                       eval_every=eval_every, ckpt_every=ckpt_every, seed=seed, bf16=not no_bf16)
         patcher_tc = TrainConfig(objective="patcher", steps=patcher_steps, lr=3e-3,
                                  warmup=min(100, patcher_steps // 10 + 1), **common).validate(cfg)
-        main_tc = TrainConfig(objective="bltd", steps=steps, lr=lr, warmup=min(300, steps // 10 + 1),
+        warmup = min(100 if init_from else 300, steps // 10 + 1)  # a continuation needs only a short warmup
+        main_tc = TrainConfig(objective="bltd", steps=steps, lr=lr, warmup=warmup,
                               block_sizes=_ints(block_sizes), block_probs=_floats(block_probs), **common).validate(cfg)
-        path = train_bltd(run_dir, cfg, patcher_tc, main_tc, target_patch_size, out, progress=not quiet, seed=seed)
+        path = train_bltd(run_dir, cfg, patcher_tc, main_tc, target_patch_size, out, progress=not quiet, seed=seed,
+                          init_from=init_from)
     except (ValueError, OSError) as exc:
         _fail(exc)
     if os.environ.get("RANK", "0") == "0":

@@ -14,7 +14,7 @@ from fastblt.graphs.calibrate import entropies, search_threshold
 from fastblt.graphs.config import BltConfig
 from fastblt.graphs.data import heldout_windows
 from fastblt.graphs.model import BltModel
-from fastblt.graphs.train import TrainConfig, Trainer, export_model, init_distributed
+from fastblt.graphs.train import TrainConfig, Trainer, TrainError, export_model, init_distributed
 from fastblt.graphs.train_state import load_weights
 
 
@@ -31,11 +31,20 @@ def calibrate(model: BltModel, corpora, seq_len: int, target: float, max_len: in
 
 
 def train_bltd(run_dir: Path, model_cfg: BltConfig, patcher_tc: TrainConfig, main_tc: TrainConfig,
-               target_patch: float = 4.0, out: Path | None = None, progress: bool = True, seed: int = 0) -> Path:
+               target_patch: float = 4.0, out: Path | None = None, progress: bool = True, seed: int = 0,
+               init_from: Path | None = None) -> Path:
+    """`init_from`: continue from a trained BLT-D (its patcher, θ and weights; the patcher stage is skipped)."""
     rank, world = init_distributed()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     calib_path, cfg_path = run_dir / "patcher.json", run_dir / "model_config.json"
+    start = None
+    if init_from is not None:
+        start = _warm_start(Path(init_from), main_tc.block_sizes)
+        if rank == 0 and not calib_path.exists():
+            cfg_path.write_text(start.config.to_json())
+            calib_path.write_text(json.dumps(_lineage(Path(init_from))["patching"], indent=2))
+        _barrier(world)
     if not calib_path.exists():
         torch.manual_seed(seed)
         model = BltModel(model_cfg)
@@ -54,30 +63,60 @@ def train_bltd(run_dir: Path, model_cfg: BltConfig, patcher_tc: TrainConfig, mai
     torch.manual_seed(seed + 1)
     model = BltModel(cfg)
     trainer = Trainer(model, main_tc, run_dir, rank, world)
-    if not trainer.resume():  # first start of stage 2: take the trained patcher
+    if trainer.resume():
+        pass
+    elif start is not None:  # first start of a continuation: every weight from the earlier model
+        model.load_state_dict(start.state_dict())
+    else:  # first start of stage 2: take the trained patcher
         patcher = BltModel(cfg)
         load_weights(run_dir / "ckpt-patcher", patcher)
         model.patcher.load_state_dict(patcher.patcher.state_dict())
     trainer.train(progress)
     out = Path(out or run_dir / "model")
     if rank == 0:
-        card = model_card(cfg, json.loads(calib_path.read_text()), patcher_tc, main_tc, trainer)
-        export_model(model.eval(), out, card=card)
+        prior = _lineage(Path(init_from))["stages"] if init_from is not None else []
+        record = training_record(json.loads(calib_path.read_text()), patcher_tc, main_tc, trainer, prior,
+                                 init_from is None)
+        export_model(model.eval(), out, card=model_card(cfg, record),
+                     extra={"training.json": json.dumps(record, indent=2)})
     _barrier(world)
     return out
 
 
-def model_card(cfg: BltConfig, calib: dict, patcher_tc: TrainConfig, tc: TrainConfig, trainer: Trainer) -> str:
+TRAINING_FILE = "training.json"
+
+
+def training_record(calib: dict, patcher_tc: TrainConfig, tc: TrainConfig, trainer: Trainer, prior: list[dict],
+                    from_scratch: bool) -> dict:
+    """What the model card states, machine-readable (written next to the weights as training.json), so a
+    continuation can carry the lineage forward: patching calibration plus one entry per training stage."""
+    stage = {"objective": tc.objective, "init": "scratch" if from_scratch else "continued", "steps": trainer.step,
+             "processes": trainer.world, "batch_size": tc.batch_size, "seq_len": tc.seq_len, "lr": tc.lr,
+             "warmup": tc.warmup, "block_sizes": list(tc.block_sizes), "block_probs": list(tc.block_probs),
+             "corpora": list(tc.corpora), "bytes_seen": trainer.bytes_seen, "seconds": round(trainer.seconds, 1),
+             "history": trainer.history}
+    patching = dict(calib)
+    if from_scratch:
+        patching.update(patcher_steps=patcher_tc.steps, patcher_batch=[trainer.world, patcher_tc.batch_size,
+                                                                       patcher_tc.seq_len])
+    return {"format": "fastblt-training", "format_version": 1, "patching": patching, "stages": [*prior, stage]}
+
+
+def model_card(cfg: BltConfig, record: dict) -> str:
     from fastblt.graphs.params import param_counts
 
-    last = trainer.history[-1] if trainer.history else {}
+    calib, stages = record["patching"], record["stages"]
+    last = next((h for st in reversed(stages) for h in reversed(st["history"]) if "heldout_bpb" in h), {})
     acc = last.get("masked_acc_one_step", {})
     counts = param_counts(cfg)
+    patcher = (f"{calib['patcher_steps']} steps × {' × '.join(map(str, calib['patcher_batch']))} bytes; "
+               if "patcher_steps" in calib else "")
     lines = [
         "# fastblt default model (BLT-D)",
         "",
         "A small Byte Latent Transformer with a block-diffusion-trained local decoder, trained from scratch on CPU",
-        "by `blt-export train` (fastblt's own pipeline). Weights: bf16 safetensors; config: `config.json`.",
+        "by `blt-export train` (fastblt's own pipeline). Weights: bf16 safetensors; config: `config.json`;",
+        "training record: `training.json`.",
         "",
         "| | |",
         "|---|---|",
@@ -86,24 +125,48 @@ def model_card(cfg: BltConfig, calib: dict, patcher_tc: TrainConfig, tc: TrainCo
         f"| components (params) | patcher {counts['patcher']:,}, encoder {counts['encoder']:,}, hash tables "
         f"{counts['hash_embeddings']:,}, global {counts['global']:,}, decoder {counts['decoder']:,} |",
         f"| global : decoder | {counts['global'] / counts['decoder']:.1f} : 1 |",
-        f"| patcher training | {patcher_tc.steps} steps × {patcher_tc.batch_size} × {patcher_tc.seq_len} bytes per "
-        "process; "
-        f"held-out bpb {calib.get('patcher_heldout_bpb') or float('nan'):.3f} |",
+        f"| patcher training | {patcher}held-out bpb {calib.get('patcher_heldout_bpb') or float('nan'):.3f} |",
         f"| patching | θ = {calib['patch_threshold']:.4f} nats, max patch length {calib['max_patch_length']}, "
         f"measured mean patch length {calib['mean_patch_size']:.2f} bytes (target {calib['target_patch_size']}) |",
-        f"| BLT-D training | {trainer.step} steps × {trainer.world} process(es) × {tc.batch_size} × {tc.seq_len} "
-        "bytes, block sizes "
-        f"{list(tc.block_sizes)} (p = {list(tc.block_probs)}), lr {tc.lr} cosine, bf16 autocast |",
-        f"| bytes seen | {trainer.bytes_seen:,} |",
-        f"| wall time (BLT-D stage, summed over resumes) | {trainer.seconds / 3600:.2f} h |",
-        f"| held-out next-byte bits/byte | {last.get('heldout_bpb', float('nan')):.3f} |",
+    ]
+    for i, st in enumerate(stages, 1):
+        lines.append(
+            f"| BLT-D stage {i} ({st['init']}) | {st['steps']} steps × {st['processes']} process(es) × "
+            f"{st['batch_size']} × {st['seq_len']} bytes, block sizes {st['block_sizes']} (p = {st['block_probs']}), "
+            f"lr {st['lr']} cosine, bf16 autocast; {st['bytes_seen']:,} bytes, {st['seconds'] / 3600:.2f} h |")
+    lines += [
+        f"| bytes seen (all BLT-D stages) | {sum(st['bytes_seen'] for st in stages):,} |",
+        f"| wall time (all BLT-D stages) | {sum(st['seconds'] for st in stages) / 3600:.2f} h |",
+        f"| held-out next-byte bits/byte ({last.get('windows', '?')} windows at the last evaluation) | "
+        f"{last.get('heldout_bpb', float('nan')):.3f} |",
         "| one-step all-masked byte accuracy (inference layout) | "
         + ", ".join(f"B={b}: {a:.3f}" for b, a in acc.items()) + " |",
         "",
-        "Reproduce the held-out number: `blt-export eval` (see the README).",
+        "Reproduce the held-out number on every held-out byte: `blt-export eval` (see the README).",
         "",
     ]
     return "\n".join(lines)
+
+
+def _lineage(path: Path) -> dict:
+    """The training record of an earlier model; a model trained elsewhere gets one built from its config."""
+    rec = path / TRAINING_FILE
+    if rec.is_file():
+        try:
+            return json.loads(rec.read_text())
+        except ValueError as exc:
+            raise TrainError(f"{rec}: not valid JSON ({exc}); delete it to continue without the lineage") from None
+    cfg = BltConfig.load(path / "config.json") if (path / "config.json").is_file() else None
+    return {"patching": {"patch_threshold": cfg.patch_threshold if cfg else float("nan"),
+                         "max_patch_length": cfg.max_patch_length if cfg else None,
+                         "mean_patch_size": float("nan"), "target_patch_size": None}, "stages": []}
+
+
+def _warm_start(path: Path, block_sizes: tuple[int, ...]) -> BltModel:
+    """The model to continue from, with MASK/PAD ids added if it has none (its patcher and θ are kept)."""
+    from fastblt.graphs.checkpoint import load_model
+
+    return with_diffusion_vocab(load_model(path), block_sizes).float()
 
 
 def with_diffusion_vocab(model: BltModel, block_sizes: tuple[int, ...]) -> BltModel:

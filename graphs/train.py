@@ -281,5 +281,5 @@ def init_distributed() -> tuple[int, int]:
     return rank, world
 
 
-def export_model(model, out: Path, dtype=torch.bfloat16, card: str | None = None) -> Path:
-    return save_model(model, out, dtype=dtype, extra_files={"README.md": card} if card else None)
+def export_model(model, out: Path, dtype=torch.bfloat16, card: str | None = None, extra: dict | None = None) -> Path:
+    return save_model(model, out, dtype=dtype, extra_files={**({"README.md": card} if card else {}), **(extra or {})})

@@ -18,7 +18,7 @@ from fastblt.graphs.calibrate import CalibrationError, search_threshold
 from fastblt.graphs.config import tiny_config
 from fastblt.graphs.data import CorpusError, corpus_documents
 from fastblt.graphs.model import BltModel
-from fastblt.graphs.pipeline import adapt_decoder
+from fastblt.graphs.pipeline import adapt_decoder, train_bltd
 from fastblt.graphs.train import TrainConfig, Trainer, TrainError
 from fastblt.graphs.train_state import ResumeError
 
@@ -103,6 +103,33 @@ def test_decoder_adaptation_on_hf_blt(tmp_path, corpus, hf_checkpoints):
     ids = torch.tensor([[1] + [c + 4 for c in TEXT.encode()][:40]])
     with torch.no_grad():  # boundaries are those of the original model
         assert torch.equal(original.forward_details(ids)["starts"], adapted.forward_details(ids)["starts"])
+
+
+def test_continue_a_trained_model(tmp_path, corpus):
+    """--init-from: every weight, the patcher and θ carry over; the training record chains the stages."""
+    cfg = dataclasses.replace(_cfg(), max_patch_length=6)
+    first = train_bltd(tmp_path / "a", cfg, _tc(corpus, objective="patcher", steps=2), _tc(corpus, steps=2),
+                       target_patch=3.0, progress=False)
+    second = train_bltd(tmp_path / "b", cfg, _tc(corpus, objective="patcher", steps=2), _tc(corpus, steps=3, lr=1e-3),
+                        progress=False, init_from=first)
+    a, b = load_model(first), load_model(second)
+    assert a.config == b.config  # θ, patch cap and vocabulary of the earlier model, not the preset's
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict() if k.startswith("patcher."))
+    assert not torch.equal(a.state_dict()["lm_head.weight"], b.state_dict()["lm_head.weight"])
+    rec_a = json.loads((first / "training.json").read_text())
+    rec = json.loads((second / "training.json").read_text())
+    assert [st["init"] for st in rec["stages"]] == ["scratch", "continued"]
+    assert rec["stages"][0] == rec_a["stages"][0] and rec["patching"] == rec_a["patching"]
+    assert rec["stages"][1]["steps"] == 3 and rec["stages"][1]["lr"] == 1e-3
+    card = (second / "README.md").read_text()
+    assert "BLT-D stage 1 (scratch)" in card and "BLT-D stage 2 (continued)" in card
+    total = sum(st["bytes_seen"] for st in rec["stages"])
+    assert f"{total:,}" in card
+    # rerunning the same command resumes the finished run: no third stage, same weights
+    again = train_bltd(tmp_path / "b", cfg, _tc(corpus, objective="patcher", steps=2), _tc(corpus, steps=3, lr=1e-3),
+                       progress=False, init_from=first)
+    assert len(json.loads((again / "training.json").read_text())["stages"]) == 2
+    assert torch.equal(load_model(again).state_dict()["lm_head.weight"], b.state_dict()["lm_head.weight"])
 
 
 def test_bad_inputs(tmp_path, corpus):
