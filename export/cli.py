@@ -227,7 +227,12 @@ def _bundle_stage(function: str, bundle: str, precisions: str) -> None:
 
 @main.command()
 @click.argument("bundle", type=click.Path())
-def check(bundle):
+@click.option("--polygraphy", is_flag=True,
+              help="Also compare every fp32 graph (and its TensorRT engine, on a GPU) with the torch reference on "
+                   "real-text inputs through NVIDIA Polygraphy's Comparator.")
+@click.option("--checkpoint", type=click.Path(), default=None,
+              help="With --polygraphy: the checkpoint the bundle was built from (default: the bundled model).")
+def check(bundle, polygraphy, checkpoint):
     """Verify every file of a bundle (sha256) and run each precision through ONNX Runtime."""
     try:
         from fastblt.runtime.backends.ort import OrtBackend
@@ -239,7 +244,12 @@ def check(bundle):
             gen = Generator(OrtBackend(manifest, precision))
             result = gen.generate("def main():", max_new_bytes=16)
             click.echo(f"{precision}: all graphs verified and loaded; greedy sample {result.text!r}")
-    except (ValueError, OSError, RuntimeError) as exc:
+        if polygraphy:
+            from fastblt.export.polygraphy_check import polygraphy_check
+
+            polygraphy_check(manifest.root, _model_or_default(checkpoint), log=click.echo)
+            click.echo("polygraphy: every fp32 graph matches the torch reference on real-text inputs")
+    except (ValueError, OSError, RuntimeError, ImportError) as exc:
         _fail(exc)
 
 

@@ -178,3 +178,21 @@ def test_int8_dynamic_for_cpu(built, tmp_path):
     for prompt in ("def f(x):", "class Point:\n"):
         ar = gen.generate(prompt, max_new_bytes=24, mode="ar").bytes
         assert gen.generate(prompt, max_new_bytes=24, mode="blts", draft_k=4).bytes == ar
+
+
+def test_polygraphy_comparator_against_torch(built, model):
+    from fastblt.export.polygraphy_check import PolygraphyError, polygraphy_check
+
+    pytest.importorskip("polygraphy")
+    report = polygraphy_check(built, model, prompts=[TEXT[:40]], limit=4, log=lambda m: None)
+    assert {"patcher", "encoder", "global", "decoder_step"} <= set(report)
+    for key, r in report.items():
+        assert r["passed"] and r["iterations"] > 0, key
+        assert all(err <= r["atol"][name] for name, err in r["onnxruntime-cpu"].items())
+    torch.manual_seed(1)  # same config, other weights: Polygraphy must see every graph differ
+    other = BltModel(model.config).eval()
+    with pytest.raises(PolygraphyError, match=r"global:onnxruntime-cpu:memory max_abs="):
+        polygraphy_check(built, other, prompts=[TEXT[:40]], limit=2, log=lambda m: None)
+    with pytest.raises(PolygraphyError, match="config differs from the bundle"):
+        polygraphy_check(built, BltModel(tiny_config(vocab_size=262, mask_id=260, pad_id=261)).eval(),
+                         log=lambda m: None)
