@@ -4,6 +4,7 @@ trained model (where drafts are good enough to be accepted, so verification real
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 
@@ -31,6 +32,21 @@ def test_shipped_model_card_and_size():
     assert cfg.block_sizes == (4, 8, 16) and cfg.max_patch_length == 8
     counts = param_counts(cfg)
     assert counts["global"] >= 5 * counts["decoder"]
+
+
+def test_shipped_training_record_matches_model_and_card():
+    """training.json (what --init-from continues from) agrees with the config and the model card."""
+    path = default_model_path()
+    record = json.loads((path / "training.json").read_text())
+    cfg = load_model(path).config
+    assert record["patching"]["patch_threshold"] == cfg.patch_threshold
+    assert record["patching"]["max_patch_length"] == cfg.max_patch_length
+    card = (path / "README.md").read_text()
+    stages = record["stages"]
+    assert stages[0]["init"] == "scratch" and all(st["objective"] == "bltd" for st in stages)
+    assert f"{sum(st['bytes_seen'] for st in stages):,}" in card
+    for i, st in enumerate(stages, 1):
+        assert f"BLT-D stage {i} ({st['init']}) | {st['steps']} steps" in card
 
 
 def test_greedy_verification_modes_equal_ar(gen):
