@@ -63,14 +63,13 @@ def train_bltd(run_dir: Path, model_cfg: BltConfig, patcher_tc: TrainConfig, mai
     torch.manual_seed(seed + 1)
     model = BltModel(cfg)
     trainer = Trainer(model, main_tc, run_dir, rank, world)
-    if trainer.resume():
-        pass
-    elif start is not None:  # first start of a continuation: every weight from the earlier model
-        model.load_state_dict(start.state_dict())
-    else:  # first start of stage 2: take the trained patcher
-        patcher = BltModel(cfg)
-        load_weights(run_dir / "ckpt-patcher", patcher)
-        model.patcher.load_state_dict(patcher.patcher.state_dict())
+    if not trainer.resume():
+        if start is not None:  # first start of a continuation: every weight from the earlier model
+            model.load_state_dict(start.state_dict())
+        else:  # first start of stage 2: take the trained patcher
+            patcher = BltModel(cfg)
+            load_weights(run_dir / "ckpt-patcher", patcher)
+            model.patcher.load_state_dict(patcher.patcher.state_dict())
     trainer.train(progress)
     out = Path(out or run_dir / "model")
     if rank == 0:
