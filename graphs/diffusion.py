@@ -112,8 +112,9 @@ def block_logits(model, ids_full, details, blocks: Blocks, noisy: torch.Tensor) 
 
 
 def bltd_loss(model, ids_full: torch.Tensor, block_size: int, entropies: torch.Tensor | None = None,
-              gen: torch.Generator | None = None, t: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """L = L_clean + L_mask on a batch of n+1 ids (the last id is only a target)."""
+              gen: torch.Generator | None = None, t: torch.Tensor | None = None,
+              mask_weight: float = 1.0) -> dict[str, torch.Tensor]:
+    """L = L_clean + λ·L_mask on a batch of n+1 ids (the last id is only a target); λ = 1 is the paper's sum."""
     cfg = model.config
     if cfg.mask_id is None or cfg.pad_id is None:
         raise ValueError("BLT-D training needs mask_id and pad_id in the config (vocab_size ≥ 262)")
@@ -135,7 +136,7 @@ def bltd_loss(model, ids_full: torch.Tensor, block_size: int, entropies: torch.T
     n_masked = masked.sum().clamp(min=1)
     correct = ((blk.argmax(-1) == blocks.target) & masked).sum()
     return {
-        "loss": clean + mask_loss,
+        "loss": clean + mask_weight * mask_loss,
         "clean_loss": clean.detach(),
         "mask_loss": mask_loss.detach(),
         "masked_ce": ((ce_b * masked).sum() / n_masked).detach(),

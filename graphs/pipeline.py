@@ -92,7 +92,8 @@ def training_record(calib: dict, patcher_tc: TrainConfig, tc: TrainConfig, train
     stage = {"objective": tc.objective, "init": "scratch" if from_scratch else "continued", "steps": trainer.step,
              "processes": trainer.world, "batch_size": tc.batch_size, "seq_len": tc.seq_len, "lr": tc.lr,
              "warmup": tc.warmup, "block_sizes": list(tc.block_sizes), "block_probs": list(tc.block_probs),
-             "corpora": list(tc.corpora), "bytes_seen": trainer.bytes_seen, "seconds": round(trainer.seconds, 1),
+             "mask_weight": tc.mask_weight, "corpora": list(tc.corpora), "bytes_seen": trainer.bytes_seen,
+             "seconds": round(trainer.seconds, 1),
              "history": trainer.history}
     patching = dict(calib)
     if from_scratch:
@@ -132,6 +133,7 @@ def model_card(cfg: BltConfig, record: dict) -> str:
         lines.append(
             f"| BLT-D stage {i} ({st['init']}) | {st['steps']} steps × {st['processes']} process(es) × "
             f"{st['batch_size']} × {st['seq_len']} bytes, block sizes {st['block_sizes']} (p = {st['block_probs']}), "
+            f"loss L_clean + {st.get('mask_weight', 1.0):g}·L_mask, "
             f"lr {st['lr']} cosine, bf16 autocast; {st['bytes_seen']:,} bytes, {st['seconds'] / 3600:.2f} h |")
     lines += [
         f"| bytes seen (all BLT-D stages) | {sum(st['bytes_seen'] for st in stages):,} |",

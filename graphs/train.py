@@ -49,6 +49,7 @@ class TrainConfig:
     clip: float = 1.0
     block_sizes: tuple[int, ...] = (4, 8, 16)
     block_probs: tuple[float, ...] = (0.4, 0.4, 0.2)
+    mask_weight: float = 1.0  # λ in L_clean + λ·L_mask; 1 is the paper's unweighted sum
     corpora: tuple[str, ...] = ("stdlib",)
     eval_every: int = 250
     eval_windows: int = 48
@@ -75,6 +76,9 @@ class TrainConfig:
                                      "row must see its whole block")
             if len(self.block_probs) != len(self.block_sizes) or abs(sum(self.block_probs) - 1) > 1e-6:
                 raise TrainError("block_probs must give one probability per block size, summing to 1")
+            if not self.mask_weight > 0:
+                raise TrainError(f"mask_weight={self.mask_weight!r} must be > 0 (the decoder must learn to unmask; "
+                                 "1.0 is the paper's unweighted L_clean + L_mask)")
         return self
 
     def lr_at(self, step: int) -> float:
@@ -95,9 +99,9 @@ def trainable_prefixes(objective: str) -> tuple[str, ...]:
 class Objective(nn.Module):
     """The loss as a module, so DistributedDataParallel can wrap it."""
 
-    def __init__(self, model, objective: str) -> None:
+    def __init__(self, model, objective: str, mask_weight: float = 1.0) -> None:
         super().__init__()
-        self.model, self.objective = model, objective
+        self.model, self.objective, self.mask_weight = model, objective, mask_weight
 
     def forward(self, ids_full: torch.Tensor, block_size: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
         model, pad = self.model, self.model.config.pad_id
@@ -115,7 +119,8 @@ class Objective(nn.Module):
             ids = ids_full[:, :-1]
             pos = torch.arange(ids.shape[1]).expand_as(ids)
             entropies, _, _ = model.patcher_step(ids, pos, *model.patcher.empty_cache(ids.shape[0], ids))
-        return bltd_loss(model, ids_full, block_size, entropies=entropies.float(), gen=gen)
+        return bltd_loss(model, ids_full, block_size, entropies=entropies.float(), gen=gen,
+                         mask_weight=self.mask_weight)
 
 
 def _causal(cfg, pos):
@@ -153,7 +158,7 @@ class Trainer:
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.cfg.weight_decay},
                                       {"params": no_decay, "weight_decay": 0.0}],
                                      lr=self.cfg.lr, betas=self.cfg.betas, eps=1e-8)
-        self.objective = Objective(self.model, self.cfg.objective)
+        self.objective = Objective(self.model, self.cfg.objective, self.cfg.mask_weight)
         self.step = 0
         self.bytes_seen = 0
         self.seconds = 0.0

@@ -109,6 +109,17 @@ def test_loss_is_finite_and_weighted():
     assert model.local_decoder.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0
 
 
+def test_mask_weight_scales_only_the_masked_term():
+    model = _model()
+    ids_full = torch.cat([_ids(80, seed=1), _ids(80, seed=2)])
+    t = torch.tensor([0.3, 0.8])
+    one = bltd_loss(model, ids_full, 8, gen=torch.Generator().manual_seed(0), t=t)
+    quarter = bltd_loss(model, ids_full, 8, gen=torch.Generator().manual_seed(0), t=t, mask_weight=0.25)
+    assert torch.equal(one["mask_loss"], quarter["mask_loss"]) and torch.equal(one["clean_loss"], quarter["clean_loss"])
+    torch.testing.assert_close(quarter["loss"], one["clean_loss"] + 0.25 * one["mask_loss"])
+    torch.testing.assert_close(one["loss"], one["clean_loss"] + one["mask_loss"])
+
+
 def test_masked_loss_does_not_collapse_by_copying():
     """On incompressible random bytes the masked loss can only approach 0 through a leak."""
     torch.manual_seed(0)

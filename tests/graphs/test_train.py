@@ -110,8 +110,8 @@ def test_continue_a_trained_model(tmp_path, corpus):
     cfg = dataclasses.replace(_cfg(), max_patch_length=6)
     first = train_bltd(tmp_path / "a", cfg, _tc(corpus, objective="patcher", steps=2), _tc(corpus, steps=2),
                        target_patch=3.0, progress=False)
-    second = train_bltd(tmp_path / "b", cfg, _tc(corpus, objective="patcher", steps=2), _tc(corpus, steps=3, lr=1e-3),
-                        progress=False, init_from=first)
+    second = train_bltd(tmp_path / "b", cfg, _tc(corpus, objective="patcher", steps=2),
+                        _tc(corpus, steps=3, lr=1e-3, mask_weight=0.5), progress=False, init_from=first)
     a, b = load_model(first), load_model(second)
     assert a.config == b.config  # θ, patch cap and vocabulary of the earlier model, not the preset's
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict() if k.startswith("patcher."))
@@ -121,13 +121,15 @@ def test_continue_a_trained_model(tmp_path, corpus):
     assert [st["init"] for st in rec["stages"]] == ["scratch", "continued"]
     assert rec["stages"][0] == rec_a["stages"][0] and rec["patching"] == rec_a["patching"]
     assert rec["stages"][1]["steps"] == 3 and rec["stages"][1]["lr"] == 1e-3
+    assert rec["stages"][0]["mask_weight"] == 1.0 and rec["stages"][1]["mask_weight"] == 0.5
     card = (second / "README.md").read_text()
     assert "BLT-D stage 1 (scratch)" in card and "BLT-D stage 2 (continued)" in card
+    assert "L_clean + 1·L_mask" in card and "L_clean + 0.5·L_mask" in card
     total = sum(st["bytes_seen"] for st in rec["stages"])
     assert f"{total:,}" in card
     # rerunning the same command resumes the finished run: no third stage, same weights
-    again = train_bltd(tmp_path / "b", cfg, _tc(corpus, objective="patcher", steps=2), _tc(corpus, steps=3, lr=1e-3),
-                       progress=False, init_from=first)
+    again = train_bltd(tmp_path / "b", cfg, _tc(corpus, objective="patcher", steps=2),
+                       _tc(corpus, steps=3, lr=1e-3, mask_weight=0.5), progress=False, init_from=first)
     assert len(json.loads((again / "training.json").read_text())["stages"]) == 2
     assert torch.equal(load_model(again).state_dict()["lm_head.weight"], b.state_dict()["lm_head.weight"])
 
@@ -144,6 +146,8 @@ def test_bad_inputs(tmp_path, corpus):
                                 decoder=dataclasses.replace(_cfg().decoder, window=16)))
     with pytest.raises(TrainError, match="needs a config with mask_id and pad_id"):
         _tc(corpus).validate(tiny_config())
+    with pytest.raises(TrainError, match="mask_weight=0.0 must be > 0"):
+        _tc(corpus, mask_weight=0.0).validate(_cfg())
     tr = Trainer(BltModel(_cfg()), _tc(corpus, steps=1, eval_every=5), tmp_path)
     tr.train(progress=False)
     (tmp_path / "ckpt-bltd" / "optimizer.safetensors").write_bytes(b"garbage")
