@@ -41,3 +41,7 @@ def test_clear_errors(tmp_path):
     assert res.exit_code == 1 and "max_new_bytes=0 must be an integer in [1," in res.output
     res = runner.invoke(run_main, ["generate", "--checkpoint", str(ckpt), "--top-p", "0", "x"])
     assert res.exit_code == 1 and "top_p=0.0 must be in (0, 1]" in res.output
+    res = runner.invoke(export_main, ["train", "--run-dir", str(tmp_path / "run"), "--preset", "tiny",
+                                      "--mask-weight", "0"])
+    assert res.exit_code == 1 and "mask_weight=0.0 must be > 0" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "run").exists()
