@@ -91,6 +91,7 @@ def export_graph(module, spec: GraphSpec, cfg, path: Path, block_size: int | Non
     import onnx
     import torch
 
+    module.eval()  # no dropout in BLT; this keeps the exporter from warning about training mode
     sizes = dict(EXAMPLE)
     if block_size is not None:
         sizes["B"] = block_size
