@@ -1,6 +1,6 @@
-"""The anchor benchmark: HF transformers `generate` vs fastblt (torch, ONNX Runtime FP32 and INT8; AR and the
-lossless BLT-S) on the same weights, same prompt (~1 KB of held-out code), greedy; bytes/s, decode-only ms
-per graph call, output equality with HF.
+"""The anchor benchmark: HF transformers `generate` vs fastblt (torch; ONNX Runtime FP32 and INT8, standard and
+fused CPU graph layouts; AR and the lossless BLT-S) on the same weights, same prompt (~1 KB of held-out code),
+greedy; bytes/s, decode-only ms per graph call, output equality with HF.
 
 Weights (`--weights`): `trained` (default) is the shipped model written in HF format by
 `fastblt.graphs.hf_export.save_hf` without its MASK/PAD rows and without max_patch_length (HF applies that
@@ -101,17 +101,24 @@ def main() -> None:
     rows = [{"engine": "HF transformers generate (use_cache=False)", "mode": "ar", "bytes_per_s": len(hf_bytes) / hf_s,
              "new_bytes": len(hf_bytes), "identical_to_hf": True, "ms_per_call": {}}]
     torch_b = TorchBackend(model)
-    fp32 = OrtBackend(bundle_dir, "fp32", threads=args.ort_threads or None)
-    int8 = OrtBackend(bundle_dir, "int8", threads=args.ort_threads or None)
-    dyn = OrtBackend(bundle_dir, "int8-dynamic", threads=args.ort_threads or None)
-    blts = {"mode": "blts", "draft_k": 8}
-    runs = [("fastblt torch reference", torch_b, {"mode": "ar"}),
-            ("fastblt ORT FP32", fp32, {"mode": "ar"}),
-            ("fastblt ORT INT8 (Q/DQ)", int8, {"mode": "ar"}),
-            ("fastblt ORT INT8-dynamic (CPU)", dyn, {"mode": "ar"}),
+    def ort(precision, layout):
+        return OrtBackend(bundle_dir, precision, threads=args.ort_threads or None, layout=layout)
+
+    fp32, fp32_f = ort("fp32", "standard"), ort("fp32", "fused")
+    int8 = ort("int8", "standard")
+    dyn, dyn_f = ort("int8-dynamic", "standard"), ort("int8-dynamic", "fused")
+    ar, blts = {"mode": "ar"}, {"mode": "blts", "draft_k": 8}
+    runs = [("fastblt torch reference", torch_b, ar),
+            ("fastblt ORT FP32, standard graphs", fp32, ar),
+            ("fastblt ORT FP32, fused CPU graphs", fp32_f, ar),
+            ("fastblt ORT INT8 (Q/DQ), standard graphs", int8, ar),
+            ("fastblt ORT INT8-dynamic, standard graphs", dyn, ar),
+            ("fastblt ORT INT8-dynamic, fused CPU graphs", dyn_f, ar),
             ("fastblt torch reference, BLT-S k=8 (lossless)", torch_b, blts),
-            ("fastblt ORT FP32, BLT-S k=8 (lossless)", fp32, blts),
-            ("fastblt ORT INT8-dynamic, BLT-S k=8", dyn, blts)]
+            ("fastblt ORT FP32, standard graphs, BLT-S k=8", fp32, blts),
+            ("fastblt ORT FP32, fused CPU graphs, BLT-S k=8", fp32_f, blts),
+            ("fastblt ORT INT8-dynamic, standard graphs, BLT-S k=8", dyn, blts),
+            ("fastblt ORT INT8-dynamic, fused CPU graphs, BLT-S k=8", dyn_f, blts)]
     for name, backend, mode in runs:
         gen = Generator(backend)
         gen.generate(prompt, max_new_bytes=8, **mode)  # warm-up

@@ -23,8 +23,10 @@ from fastblt.export.quantize import (
     quantize_graph,
 )
 from fastblt.graphs.checkpoint import replace_dir
-from fastblt.graphs.spec import GRAPH_NAMES, graph_specs
-from fastblt.runtime.manifest import graph_key, sha256_file, write_manifest
+from fastblt.graphs.spec import FUSED_GRAPHS, GRAPH_NAMES, fused_graph_specs, graph_specs
+from fastblt.runtime.manifest import fused_key, graph_key, sha256_file, write_manifest
+
+FUSED_PRECISIONS = ("fp32", "int8-dynamic")  # the CPU precisions; TensorRT never reads the fused layout
 
 
 class BuildError(RuntimeError):
@@ -67,7 +69,7 @@ def check_request(precisions: tuple[str, ...], engines: str) -> None:
 
 def build_bundle(model, out: Path, precisions: tuple[str, ...] = ("fp32", "int8"),
                  block_sizes: tuple[int, ...] | None = None, engines: str = "auto", log=print,
-                 heldout: list[list[int]] | None = None) -> Path:
+                 heldout: list[list[int]] | None = None, fused: bool = True) -> Path:
     from fastblt.export.calibration import heldout_bpb, prompts_from, record
     from fastblt.export.validate import validate_graph
     from fastblt.graphs.incremental import build_graphs
@@ -103,6 +105,8 @@ def build_bundle(model, out: Path, precisions: tuple[str, ...] = ("fp32", "int8"
                 export_graph(modules[graph], specs[graph], cfg, path, block_size=b)
                 validation[key] = validate_graph(path, modules[graph], specs[graph], cfg, rec.records.get(key, []), b)
                 entries[key] = {"graph": graph, "block_size": b, "files": {}}
+        if fused:
+            _export_fused(model, tmp, entries, validation, rec.records, log)
         manifest = {"created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                     "model": cfg.to_dict(), "opset": OPSET, "block_sizes": list(block_sizes),
                     "special_ids": {"boe": 0, "bos": 1, "eos": 2, "mask": cfg.mask_id, "pad": cfg.pad_id},
@@ -136,7 +140,9 @@ def add_precisions(root: Path, manifest: dict, precisions, rec, heldout, prompts
     for precision in precisions:
         (root / precision).mkdir(exist_ok=True)
         info = {}
-        for key in manifest["graphs"]:
+        for key, entry in manifest["graphs"].items():
+            if not _has_precision(entry, precision):
+                continue
             log(f"quantizing {key} to {precision}")
             feeds = [f for f, _ in rec.records.get(key, [])]
             info[key] = quantize_graph(root / "fp32" / f"{key}.onnx", root / precision / f"{key}.onnx", precision,
@@ -175,8 +181,32 @@ def quantize_bundle(bundle: Path, precisions: tuple[str, ...], log=print) -> Pat
     return bundle
 
 
+def _export_fused(model, root: Path, entries: dict, validation: dict, records: dict, log) -> None:
+    """The fused CPU layout of patcher/encoder/global/decoder_step, validated against its torch module on
+    sample inputs and against the standard graphs' torch outputs on the recorded real-text calls."""
+    from fastblt.export.validate import to_fused_feeds, validate_graph
+    from fastblt.graphs.incremental.fused import build_fused_graphs
+
+    cfg = model.config
+    modules, specs = build_fused_graphs(model), fused_graph_specs(cfg)
+    for graph in FUSED_GRAPHS:
+        key = fused_key(graph)
+        path = root / "fp32" / f"{key}.onnx"
+        log(f"exporting {key} (ONNX Runtime CPU layout)")
+        export_graph(modules[graph], specs[graph], cfg, path)
+        real = [(to_fused_feeds(f), o) for f, o in records.get(graph, [])]
+        validation[key] = validate_graph(path, modules[graph], specs[graph], cfg, real)
+        entries[key] = {"graph": graph, "block_size": None, "layout": "fused", "files": {}}
+
+
+def _has_precision(entry: dict, precision: str) -> bool:
+    return entry.get("layout", "standard") == "standard" or precision in FUSED_PRECISIONS
+
+
 def _register(root: Path, manifest: dict, precision: str) -> None:
     for key, entry in manifest["graphs"].items():
+        if not _has_precision(entry, precision):
+            continue
         path = root / precision / f"{key}.onnx"
         entry["files"][precision] = {"path": f"{precision}/{key}.onnx", "sha256": sha256_file(path),
                                      "bytes": path.stat().st_size}
@@ -199,6 +229,8 @@ def _engines(root: Path, manifest: dict, precisions, block_sizes, log) -> None:
             log(f"{precision} is an ONNX Runtime CPU precision: no TensorRT engines for it")
             continue
         for key, entry in manifest["graphs"].items():
+            if entry.get("layout", "standard") != "standard":
+                continue
             log(f"building TensorRT engine {key} ({precision}) for {info.gpu_name}")
             ranges = dim_ranges(manifest_config(manifest), entry["block_size"])
             record = build_engine(root / entry["files"][precision]["path"], cfg_specs[entry["graph"]], ranges,

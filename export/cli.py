@@ -171,7 +171,10 @@ def _model_or_default(checkpoint):
 @click.option("--block-sizes", default=None, help="decoder_block sizes to export (default: all trained).")
 @click.option("--engines", type=click.Choice(["auto", "yes", "no"]), default="auto", show_default=True,
               help="TensorRT engines: auto = when an NVIDIA GPU with TensorRT is present.")
-def build(checkpoint, out, precisions, block_sizes, engines):
+@click.option("--fused/--no-fused", default=True, show_default=True,
+              help="Also write the fused ONNX Runtime CPU layout (GroupQueryAttention, in-place caches) for fp32 "
+                   "and int8-dynamic.")
+def build(checkpoint, out, precisions, block_sizes, engines, fused):
     """Export CHECKPOINT (default: the bundled model) to a validated, quantized bundle."""
     try:
         from fastblt.export.bundle import build_bundle
@@ -179,7 +182,7 @@ def build(checkpoint, out, precisions, block_sizes, engines):
         model = _model_or_default(checkpoint)
         sizes = _ints(block_sizes) if block_sizes else None
         path = build_bundle(model, Path(out), tuple(p.strip() for p in precisions.split(",") if p.strip()), sizes,
-                            engines, log=lambda m: click.echo(m, err=True))
+                            engines, log=lambda m: click.echo(m, err=True), fused=fused)
     except (ValueError, OSError, RuntimeError) as exc:
         _fail(exc)
     _print_bundle(path)
@@ -189,14 +192,15 @@ def build(checkpoint, out, precisions, block_sizes, engines):
 @click.argument("checkpoint", required=False, type=click.Path())
 @click.option("--out", required=True, type=click.Path())
 @click.option("--block-sizes", default=None)
-def onnx(checkpoint, out, block_sizes):
+@click.option("--fused/--no-fused", default=True, show_default=True, help="Also the fused ORT CPU layout.")
+def onnx(checkpoint, out, block_sizes, fused):
     """Only the FP32 ONNX graphs (validated against torch), no quantization or engines."""
     try:
         from fastblt.export.bundle import build_bundle
 
         sizes = _ints(block_sizes) if block_sizes else None
         path = build_bundle(_model_or_default(checkpoint), Path(out), ("fp32",), sizes, "no",
-                            log=lambda m: click.echo(m, err=True))
+                            log=lambda m: click.echo(m, err=True), fused=fused)
     except (ValueError, OSError, RuntimeError) as exc:
         _fail(exc)
     _print_bundle(path)

@@ -14,7 +14,7 @@ import numpy as np
 from fastblt.graphs.spec import GraphSpec
 
 OPSET = 18
-EXAMPLE = {"b": 1, "t": 3, "P": 2, "L": 3, "T": 5}
+EXAMPLE = {"b": 1, "t": 3, "P": 2, "L": 3, "T": 5, "C": 16}
 
 
 class ExportError(RuntimeError):
@@ -49,6 +49,8 @@ def sample_feeds(spec: GraphSpec, cfg, sizes: dict[str, int], seed: int = 0) -> 
             feeds[name] = rng.integers(0, cfg.hash_vocab, shape, dtype=np.int64) + tables
         elif name in ("positions", "patch_positions"):
             feeds[name] = np.broadcast_to(np.arange(past, past + shape[1], dtype=np.int64), shape).copy()
+        elif name == "past_length":  # fused layout: filled cache slots (the cache buffer holds C ≥ T + t)
+            feeds[name] = np.full(shape, past, dtype=np.int32)
         elif name == "patch_mask":
             lengths = rng.integers(1, shape[2] + 1, shape[:2])
             feeds[name] = np.arange(shape[2])[None, None, :] < lengths[..., None]
@@ -70,8 +72,9 @@ def _dynamic_shapes(spec: GraphSpec, block_size: int | None):
         "T": Dim("past", min=0, max=65536),
         "P": Dim("patches", min=1, max=8192),
         "L": Dim("patch_len", min=1, max=4096),
+        "C": Dim("capacity", min=2, max=65536),
     }
-    out = {}
+    out = []  # positional, the structure of the forward's arguments
     for ts in spec.inputs:
         axes = {}
         for axis, d in enumerate(ts.shape):
@@ -81,8 +84,11 @@ def _dynamic_shapes(spec: GraphSpec, block_size: int | None):
                 axes[axis] = dims["T"] + block_size
             else:
                 axes[axis] = dims[d]
-        out[ts.name] = axes or None
-    return out
+        out.append(axes or None)
+    if "past_length" in spec.input_names:  # fused layout: forward(..., past_length, *caches)
+        n = spec.input_names.index("past_length") + 1
+        return (*out[:n], tuple(out[n:]))
+    return tuple(out)
 
 
 def export_graph(module, spec: GraphSpec, cfg, path: Path, block_size: int | None = None,

@@ -8,8 +8,8 @@ import numpy as np
 
 from fastblt.export.onnx_export import sample_feeds
 
-SAMPLE_SIZES = ({"b": 1, "t": 1, "P": 1, "L": 1, "T": 0}, {"b": 1, "t": 9, "P": 3, "L": 7, "T": 11},
-                {"b": 2, "t": 2, "P": 2, "L": 4, "T": 40})
+SAMPLE_SIZES = ({"b": 1, "t": 1, "P": 1, "L": 1, "T": 0, "C": 4}, {"b": 1, "t": 9, "P": 3, "L": 7, "T": 11, "C": 24},
+                {"b": 2, "t": 2, "P": 2, "L": 4, "T": 40, "C": 48})  # C: fused-layout cache capacity
 
 
 class ValidationError(RuntimeError):
@@ -17,18 +17,24 @@ class ValidationError(RuntimeError):
 
 
 def compare(session, reference_module, spec, feed_sets, torch_outputs=None) -> dict[str, dict[str, float]]:
-    """Max abs / max rel error per output over all feed sets."""
+    """Max abs / max rel error per output over all feed sets (with `torch_outputs`: the outputs they hold)."""
     import torch
 
-    report = {name: {"max_abs": 0.0, "max_rel": 0.0, "ref_max": 0.0} for name in spec.output_names}
+    names = [n for n in spec.output_names if torch_outputs is None or n in torch_outputs[0]]
+    report = {name: {"max_abs": 0.0, "max_rel": 0.0, "ref_max": 0.0} for name in names}
     for i, feeds in enumerate(feed_sets):
-        got = session.run(None, feeds)
+        got = session.run(names, feeds)
         if torch_outputs is not None:
-            ref = [torch_outputs[i][n] for n in spec.output_names]
+            ref = [torch_outputs[i][n] for n in names]
         else:
             with torch.inference_mode():
-                ref = [r.numpy() for r in reference_module(*[torch.from_numpy(feeds[n]) for n in spec.input_names])]
-        for name, g, r in zip(spec.output_names, got, ref, strict=True):
+                out = reference_module(*[torch.from_numpy(feeds[n]) for n in spec.input_names])
+                ref = [r.numpy() for r, n in zip(out, spec.output_names, strict=True) if n in names]
+        if "past_length" in feeds:  # fused layout: cache slots past the written ones are unspecified
+            filled = int(feeds["past_length"][0]) + feeds[spec.input_names[0]].shape[1]
+            got = [g[:, :, :filled] if n.startswith("present_") else g for n, g in zip(names, got, strict=True)]
+            ref = [r[:, :, :filled] if n.startswith("present_") else r for n, r in zip(names, ref, strict=True)]
+        for name, g, r in zip(names, got, ref, strict=True):
             diff = np.abs(g.astype(np.float64) - r.astype(np.float64))
             if diff.size:
                 report[name]["max_abs"] = max(report[name]["max_abs"], float(diff.max()))
@@ -36,6 +42,22 @@ def compare(session, reference_module, spec, feed_sets, torch_outputs=None) -> d
                 scale = np.maximum(np.abs(r), 1e-6)
                 report[name]["max_rel"] = max(report[name]["max_rel"], float((diff / scale).max()))
     return report
+
+
+def to_fused_feeds(feeds: dict[str, np.ndarray], spare: int = 3) -> dict[str, np.ndarray]:
+    """A standard-layout call (stacked visible cache) as the same call in the fused layout: per-layer
+    buffers with room for the new rows, `past_length` = the cached entries."""
+    past_k, past_v = feeds["past_key"], feeds["past_value"]
+    n, b, h, length, d = past_k.shape
+    new = next(v for k, v in feeds.items() if not k.startswith("past_")).shape[1]
+    out = {k: v for k, v in feeds.items() if not k.startswith("past_")}
+    out["past_length"] = np.full((b,), length, dtype=np.int32)
+    for i in range(n):
+        for part, src in (("key", past_k), ("value", past_v)):
+            buf = np.zeros((b, h, length + new + spare, d), dtype=np.float32)
+            buf[:, :, :length] = src[i]
+            out[f"past_{part}_{i}"] = buf
+    return out
 
 
 def validate_graph(path: Path, module, spec, cfg, real: list[tuple[dict, dict]], block_size: int | None = None,

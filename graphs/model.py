@@ -32,9 +32,12 @@ class Patcher(Stack):
     def step(self, ids, positions, past_k, past_v):
         x = self.embed_tokens(ids)
         x, k, v = self.run(x, positions, _stack_bias(self.cfg, positions, past_k.shape[3]), past_k, past_v)
-        # entropy over BLT's 260-id vocabulary only, so adding MASK/PAD rows never moves a boundary
+        return self.entropy(x), k, v
+
+    def entropy(self, x: torch.Tensor) -> torch.Tensor:
+        """Next-byte entropy (nats) over BLT's 260-id vocabulary only, so MASK/PAD rows never move a boundary."""
         logp = F.log_softmax(self.lm_head(self.norm(x))[..., :BYTE_VOCAB].float(), dim=-1)
-        return -(logp.exp() * logp).sum(-1), k, v
+        return -(logp.exp() * logp).sum(-1)
 
 
 class LocalEncoder(Stack):
@@ -85,11 +88,21 @@ class BltModel(nn.Module):
 
     def encoder_step(self, ids, hash_ids, positions, past_k, past_v):
         enc = self.local_encoder
-        x = enc.embed_tokens(ids) + self.encoder_hash_tok_embedding(hash_ids).sum(dim=-2)
+        x = self.encoder_embed(ids, hash_ids)
         return enc.run(x, positions, _stack_bias(enc.cfg, positions, past_k.shape[3]), past_k, past_v)
+
+    def encoder_embed(self, ids, hash_ids):
+        return self.local_encoder.embed_tokens(ids) + self.encoder_hash_tok_embedding(hash_ids).sum(dim=-2)
 
     def global_step(self, patch_states, patch_mask, patch_positions, past_k, past_v):
         """Patches [b,P,L,D] (bytes padded, mask true on real bytes) → decoder memory [b,P,k,D]."""
+        glob = self.global_transformer
+        g = self.global_input(patch_states, patch_mask)
+        g, k, v = glob.run(g, patch_positions, _stack_bias(glob.cfg, patch_positions, past_k.shape[3]), past_k, past_v)
+        return self.global_output(g), k, v
+
+    def global_input(self, patch_states, patch_mask):
+        """Max-pool + cross-attention pooling of each patch's bytes → one global-transformer input per patch."""
         cfg, enc, glob = self.config, self.local_encoder, self.global_transformer
         b, p, _, d = patch_states.shape
         mask = patch_mask[..., None]
@@ -101,22 +114,30 @@ class BltModel(nn.Module):
         g = q.reshape(b, p, cfg.cross_attn_k * d)
         if glob.token_embedding_projection is not None:
             g = glob.token_embedding_projection(g)
-        g, k, v = glob.run(g, patch_positions, _stack_bias(glob.cfg, patch_positions, past_k.shape[3]), past_k, past_v)
-        memory = self.local_decoder.patch_embedding_projection(g).view(b, p, cfg.cross_attn_k, d)
-        return memory, k, v
+        return g
+
+    def global_output(self, g):
+        """Global states [b,P,G] → the decoder's k memory slots per patch [b,P,k,D]."""
+        b, p, _ = g.shape
+        return self.local_decoder.patch_embedding_projection(g).view(b, p, self.config.cross_attn_k, -1)
 
     def decoder_step(self, states, positions, memory, bias, past_k, past_v, inner=None):
         """Byte states [b,t,D] + per-row memory [b,t,k,D] (slots of patch d(t)) → logits [b,t,V]."""
         dec = self.local_decoder
-        n_cross = len(dec.cross_attn_layers)
+        x, k, v = dec.run(states, positions, bias, past_k, past_v, before_layer=self.decoder_cross(memory), inner=inner)
+        return self.decoder_head(x), k, v
+
+    def decoder_cross(self, memory):
+        """The hook run before each decoder layer: cross-attention of every row to its memory slots."""
+        layers = self.local_decoder.cross_attn_layers
 
         def cross(i: int, x: torch.Tensor) -> torch.Tensor:
-            if i >= n_cross:
-                return x
-            return x + dec.cross_attn_layers[i](x[:, :, None], memory)[:, :, 0]
+            return x if i >= len(layers) else x + layers[i](x[:, :, None], memory)[:, :, 0]
 
-        x, k, v = dec.run(states, positions, bias, past_k, past_v, before_layer=cross, inner=inner)
-        return self.lm_head(dec.norm(x)).float(), k, v
+        return cross
+
+    def decoder_head(self, x):
+        return self.lm_head(self.local_decoder.norm(x)).float()
 
     # ---- integer bookkeeping, torch form (runtime/host.py is the torch-free twin; tests compare) ----------
     def hash_ids(self, ids: torch.Tensor) -> torch.Tensor:

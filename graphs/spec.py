@@ -97,6 +97,30 @@ def graph_specs(cfg: BltConfig) -> dict[str, GraphSpec]:
 
 
 GRAPH_NAMES = ("patcher", "encoder", "global", "decoder_step", "decoder_block")
+FUSED_GRAPHS = ("patcher", "encoder", "global", "decoder_step")  # decoder_block: arbitrary bias, standard only
+
+
+def fused_graph_specs(cfg: BltConfig) -> dict[str, GraphSpec]:
+    """The fused layout (graphs/incremental/fused.py): the standard inputs minus the stacked cache, plus
+    `past_length` [1] (int32) and one cache buffer per layer [1, h_kv, C, d] in and (updated in place) out.
+    Batch is 1: ORT's GroupQueryAttention takes several new rows over a cache only for a single sequence."""
+    def one(t: TensorSpec) -> TensorSpec:
+        return TensorSpec(t.name, t.dtype, tuple(1 if d == "b" else d for d in t.shape))
+
+    out = {}
+    for name, spec in graph_specs(cfg).items():
+        if name not in FUSED_GRAPHS:
+            continue
+        sub = getattr(cfg, spec.stack)
+        shape = (1, sub.kv_heads, "C", sub.head_dim)
+        slots = [f"{part}_{i}" for i in range(sub.n_layers) for part in ("key", "value")]
+        caches = [TensorSpec(f"past_{s}", "float32", shape) for s in slots]
+        presents = [TensorSpec(f"present_{s}", "float32", shape) for s in slots]
+        plain = tuple(one(i) for i in spec.inputs if not i.name.startswith("past_"))
+        outputs = tuple(one(o) for o in spec.outputs if not o.name.startswith("new_"))
+        out[name] = GraphSpec(name, (*plain, TensorSpec("past_length", "int32", (1,)), *caches),
+                              (*outputs, *presents), spec.stack)
+    return out
 
 
 MAX_CHUNK = 512  # most new bytes one patcher/encoder/decoder_step call takes (prefill is chunked to this)

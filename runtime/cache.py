@@ -33,10 +33,19 @@ class KVCache:
 
     def append(self, k: np.ndarray, v: np.ndarray) -> None:
         t = k.shape[3]
-        if self.length + t > self.k.shape[3]:
-            self._make_room(t)
+        self.reserve(t)
         self.k[:, :, :, self.length:self.length + t] = k
         self.v[:, :, :, self.length:self.length + t] = v
+        self.length += t
+
+    def reserve(self, t: int) -> None:
+        """Make slots length .. length+t-1 exist (dropping entries older than the window plus slack, or
+        growing the buffers); a graph that writes its new entries in place calls this first."""
+        if self.length + t > self.k.shape[3]:
+            self._make_room(t)
+
+    def advance(self, t: int) -> None:
+        """Count t entries written in place (at slots length .. length+t-1) as cached."""
         self.length += t
 
     def truncate(self, position: int) -> None:

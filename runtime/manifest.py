@@ -37,6 +37,11 @@ def graph_key(graph: str, block_size: int | None = None) -> str:
     return f"{graph}_{block_size}" if graph == "decoder_block" else graph
 
 
+def fused_key(graph: str) -> str:
+    """Manifest key of a graph's fused-layout file (ONNX Runtime CPU only; graphs/incremental/fused.py)."""
+    return f"fused_{graph}"
+
+
 @dataclass
 class Manifest:
     root: Path
@@ -71,6 +76,9 @@ class Manifest:
     @property
     def block_sizes(self) -> list[int]:
         return list(self.data.get("block_sizes", []))
+
+    def has_file(self, key: str, precision: str) -> bool:
+        return precision in self.data.get("graphs", {}).get(key, {}).get("files", {})
 
     def graph_file(self, key: str, precision: str = "fp32", verify: bool = True) -> Path:
         """Path of a graph's ONNX file, after checking it exists and its sha256 matches the manifest."""

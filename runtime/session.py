@@ -35,6 +35,7 @@ class SequenceTooLongError(ValueError):
 class Session:
     def __init__(self, backend, slack: int = ROLLBACK_SLACK) -> None:
         self.backend = backend
+        self._in_place = getattr(backend, "in_place_graphs", frozenset())
         cfg = self.config = backend.config
         self.slack = slack
         self.caches = {
@@ -212,13 +213,16 @@ class Session:
 
     def _run(self, stack: str, graph: str, feeds: dict, keep: bool = True) -> dict:
         cache = self.caches[stack]
-        feeds["past_key"], feeds["past_value"] = cache.visible()
         t0 = time.perf_counter()
-        out = self.backend.run(graph, feeds)
+        if graph in self._in_place:  # the backend updates the cache itself (ORT fused layout)
+            out = self.backend.run_in_place(graph, feeds, cache, keep)
+        else:
+            feeds["past_key"], feeds["past_value"] = cache.visible()
+            out = self.backend.run(graph, feeds)
+            if keep:
+                cache.append(out["new_key"], out["new_value"])
         self.seconds[graph] = self.seconds.get(graph, 0.0) + time.perf_counter() - t0
         self.calls[graph] = self.calls.get(graph, 0) + 1
-        if keep:
-            cache.append(out["new_key"], out["new_value"])
         return out
 
     def _patch_feeds(self, spans: list[tuple[int, int]], first: int) -> dict:

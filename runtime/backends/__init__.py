@@ -1,7 +1,10 @@
 """Backends run one graph at a time: `run(graph, feeds) -> outputs`, numpy in and out.
 
 The scheduler never knows which backend it drives. `check_feeds` validates names, dtypes and ranks against
-the graph spec once, here, so every backend reports a bad tensor the same clear way.
+the graph spec once, here, so every backend reports a bad tensor the same clear way. A backend may also
+list `in_place_graphs` and offer `run_in_place(graph, feeds, cache, keep)`: it then receives the session's
+KVCache for those graphs and updates it itself (ORT's fused CPU layout), instead of taking the visible
+entries and returning the new ones.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-_DTYPES = {"int64": np.int64, "float32": np.float32, "bool": np.bool_}
+_DTYPES = {"int64": np.int64, "int32": np.int32, "float32": np.float32, "bool": np.bool_}
 
 
 def check_feeds(spec: GraphSpec, feeds: dict[str, np.ndarray]) -> None:

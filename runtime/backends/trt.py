@@ -167,7 +167,9 @@ class TensorRTBackend:
             for record in records:
                 if record.get("precision") == self.precision:
                     self._engines[record["graph_key"]] = self._load(record, info)
-            missing = sorted(set(self.manifest.data.get("graphs", {})) - set(self._engines))
+            graphs = self.manifest.data.get("graphs", {})  # the fused layout is ONNX Runtime-only
+            missing = sorted({k for k, e in graphs.items() if e.get("layout", "standard") == "standard"}
+                             - set(self._engines))
             if missing:
                 raise BundleError(f"{self.manifest.root}: no {self.precision} TensorRT engine for graphs {missing}; "
                                   f"{REBUILD}")

@@ -13,7 +13,7 @@ import torch
 from fastblt.export import bundle as bundle_mod
 from fastblt.export.bundle import BuildError, build_bundle
 from fastblt.export.quantize import QuantizeError, modelopt_available
-from fastblt.graphs.config import tiny_config
+from fastblt.graphs.config import TransformerConfig, tiny_config
 from fastblt.graphs.data import windows
 from fastblt.graphs.model import BltModel
 from fastblt.runtime.backends.ort import OrtBackend
@@ -29,7 +29,9 @@ TEXT = b"def add(a, b):\n    return a + b\n\n\nclass Point:\n    def __init__(se
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    m = BltModel(tiny_config(vocab_size=262, mask_id=260, pad_id=261, block_sizes=(4, 8), patch_threshold=3.5)).eval()
+    gqa = TransformerConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64, window=64, max_positions=4096)
+    m = BltModel(tiny_config(vocab_size=262, mask_id=260, pad_id=261, block_sizes=(4, 8), patch_threshold=3.5,
+                             decoder=gqa)).eval()
     with torch.no_grad():
         m.patcher.lm_head.weight.mul_(10.0)
         m.lm_head.weight.mul_(3.0)
@@ -46,8 +48,11 @@ def built(model, tmp_path_factory):
 def test_manifest_and_per_graph_parity(built):
     data = Manifest.load(built).data
     assert data["precisions"] == ["fp32", "int8"] and data["block_sizes"] == [4, 8]
-    assert sorted(data["graphs"]) == ["decoder_block_4", "decoder_block_8", "decoder_step", "encoder", "global",
-                                      "patcher"]
+    assert sorted(data["graphs"]) == ["decoder_block_4", "decoder_block_8", "decoder_step", "encoder",
+                                      "fused_decoder_step", "fused_encoder", "fused_global", "fused_patcher",
+                                      "global", "patcher"]
+    for key in ("fused_patcher", "fused_global"):  # the CPU layout: fp32 (and int8-dynamic), never Q/DQ
+        assert data["graphs"][key]["layout"] == "fused" and sorted(data["graphs"][key]["files"]) == ["fp32"]
     for key, report in data["validation"].items():
         assert set(report) == {"sample", "real_text"}, key
         for kind in report.values():
@@ -57,16 +62,55 @@ def test_manifest_and_per_graph_parity(built):
 
 
 def test_backends_identical_greedy_in_all_modes(built, model):
-    ref, ort_gen = Generator(TorchBackend(model)), Generator(OrtBackend(built, "fp32"))
+    fused, standard = OrtBackend(built, "fp32"), OrtBackend(built, "fp32", layout="standard")
+    assert (fused.layout, standard.layout) == ("fused", "standard")
+    assert OrtBackend(built, "int8").layout == "standard"  # no fused Q/DQ graphs
+    gens = [Generator(fused), Generator(standard)]
+    ref = Generator(TorchBackend(model))
     cases = [dict(mode="ar"), dict(mode="blts", draft_k=4), dict(mode="bltd", block_size=4),
              dict(mode="bltd", block_size=8, unmask=UnmaskConfig("entropy", gamma=1.0)),
              dict(mode="bltdv", block_size=8), dict(mode="bltdv", block_size=4, unmask=UnmaskConfig("confidence"))]
-    for prompt in ("def f(x):", "", "über 東京"):
+    for prompt in ("def f(x):", "", "über 東京", TEXT[:150]):  # the last runs past the 64-byte window
         for case in cases:
             a = ref.generate(prompt, max_new_bytes=40, **case)
-            b = ort_gen.generate(prompt, max_new_bytes=40, **case)
-            assert a.bytes == b.bytes, (prompt, case)
-            assert a.counters["n_dec"] == b.counters["n_dec"]
+            for gen in gens:
+                b = gen.generate(prompt, max_new_bytes=40, **case)
+                assert a.bytes == b.bytes, (prompt, case, gen.backend.layout)
+                assert a.counters["n_dec"] == b.counters["n_dec"]
+
+
+def test_fused_layout_updates_the_session_cache_in_place(built):
+    """After commits, drafts, scratch calls and rollbacks the fused path's caches hold exactly the entries
+    the standard path's appends produce (window shifts included), and a scratch call leaves them alone."""
+    from fastblt.runtime.session import Session
+
+    fused, standard = Session(OrtBackend(built, "fp32")), Session(OrtBackend(built, "fp32", layout="standard"))
+    ids = [1] + [b + 4 for b in (TEXT * 2)[:420]]
+    for s in (fused, standard):
+        s.commit(ids[:300])
+        for i in ids[300:360]:
+            s.commit([i])
+        s.rollback(350)
+        s.draft_step(ids[350])
+        s.draft_step(ids[351])
+        s.discard_drafts()
+        s.commit(ids[350:400])
+        s.scratch_states([260, 260, 260, 260])
+        s.last_latent()
+    for stack in fused.caches:
+        a, b = fused.caches[stack], standard.caches[stack]
+        assert (a.start, a.length) == (b.start, b.length), stack
+        assert np.abs(a.k[..., :a.length, :] - b.k[..., :b.length, :]).max() <= 1e-5, stack
+        assert np.abs(a.v[..., :a.length, :] - b.v[..., :b.length, :]).max() <= 1e-5, stack
+    assert fused.caches["encoder"].start > 0  # the window shifted the cache at least once
+    assert np.abs(fused.logits() - standard.logits()).max() <= 1e-4
+
+
+def test_layout_errors(built):
+    with pytest.raises(ValueError, match="valid layouts are"):
+        OrtBackend(built, "fp32", layout="fast")
+    with pytest.raises(BundleError, match="no fused int8 graphs"):
+        OrtBackend(built, "int8", layout="fused")
 
 
 def test_int8_runs_and_is_reported(built):
@@ -132,9 +176,12 @@ def test_fp8_with_modelopt(built, tmp_path):
     quantize_bundle(copy, ("fp8",), log=lambda m: None)
     manifest = Manifest.load(copy)
     assert manifest.precisions == ["fp32", "int8", "fp8"]
-    for key in manifest.data["graphs"]:  # ModelOpt must not touch the FP32 graphs it reads
+    for key, entry in manifest.data["graphs"].items():  # ModelOpt must not touch the FP32 graphs it reads
         manifest.graph_file(key, "fp32")
-        manifest.graph_file(key, "fp8")
+        if entry.get("layout", "standard") == "standard":
+            manifest.graph_file(key, "fp8")
+        else:
+            assert not manifest.has_file(key, "fp8")  # the fused layout is fp32/int8-dynamic only
     q = manifest.data["quality"]["fp8"]
     assert np.isfinite(q["heldout_bpb"])
     out = Generator(OrtBackend(copy, "fp8")).generate("def f(x):", max_new_bytes=8)

@@ -1,0 +1,94 @@
+"""The fused graph layout for ONNX Runtime on CPU: patcher, encoder, global and decoder_step with each
+layer's attention as one com.microsoft GroupQueryAttention over an in-place cache buffer.
+
+Same math and weights as the standard graphs; what changes is the interface. Instead of a stacked cache of
+the visible entries in and only the new entries out (a Split, a Concat and a host-side copy of the whole
+cache on every call), each layer takes its cache buffer [b, h_kv, C, d] plus `past_length`, and returns the
+updated buffer, which the ORT backend binds to the same memory. Per call that removes about half the nodes
+(ORT's cost here is per node, not per flop) and every cache copy. Positions stay explicit (RotaryEmbedding),
+so a sliding-window cache whose slot 0 is not position 0 works unchanged. decoder_block keeps the standard
+layout: its bias is arbitrary, which GroupQueryAttention cannot express.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from fastblt.graphs.fused_ops import group_query_attention, rope_tables, rotary_embedding
+
+
+class FusedStack(nn.Module):
+    """Runs one `Stack`'s layers (shared weights) with fused rotary + attention."""
+
+    def __init__(self, stack) -> None:
+        super().__init__()
+        self.stack = stack
+        cos, sin = rope_tables(stack.rotary_emb.inv_freq[::2], stack.cfg.max_positions)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def forward(self, x, positions, past_length, caches, before_layer=None):
+        cfg = self.stack.cfg
+        seqlens = past_length + (x.shape[1] - 1)
+        total = seqlens.max() + 1
+        presents = []
+        for i, layer in enumerate(self.stack.layers):
+            if before_layer is not None:
+                x = before_layer(i, x)
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = rotary_embedding(attn.q_proj(h), positions, self.cos, self.sin, cfg.n_heads)
+            k = rotary_embedding(attn.k_proj(h), positions, self.cos, self.sin, cfg.kv_heads)
+            out, ck, cv = group_query_attention(q, k, attn.v_proj(h), caches[2 * i], caches[2 * i + 1], seqlens,
+                                                total, cfg.n_heads, cfg.kv_heads, cfg.window)
+            x = x + attn.o_proj(out)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            presents += [ck, cv]
+        return x, presents
+
+
+class FusedPatcherGraph(nn.Module):
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model, self.stack = model, FusedStack(model.patcher)
+
+    def forward(self, ids, positions, past_length, *caches):
+        x, presents = self.stack(self.model.patcher.embed_tokens(ids), positions, past_length, caches)
+        return (self.model.patcher.entropy(x), *presents)
+
+
+class FusedEncoderGraph(nn.Module):
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model, self.stack = model, FusedStack(model.local_encoder)
+
+    def forward(self, ids, hash_ids, positions, past_length, *caches):
+        x, presents = self.stack(self.model.encoder_embed(ids, hash_ids), positions, past_length, caches)
+        return (x, *presents)
+
+
+class FusedGlobalGraph(nn.Module):
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model, self.stack = model, FusedStack(model.global_transformer)
+
+    def forward(self, patch_states, patch_mask, patch_positions, past_length, *caches):
+        g = self.model.global_input(patch_states, patch_mask)
+        g, presents = self.stack(g, patch_positions, past_length, caches)
+        return (self.model.global_output(g), *presents)
+
+
+class FusedDecoderStepGraph(nn.Module):
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model, self.stack = model, FusedStack(model.local_decoder)
+
+    def forward(self, states, positions, memory, past_length, *caches):
+        x, presents = self.stack(states, positions, past_length, caches, self.model.decoder_cross(memory))
+        return (self.model.decoder_head(x), *presents)
+
+
+def build_fused_graphs(model) -> dict:
+    """Graph name → fused module (the names of `spec.FUSED_GRAPHS`), sharing `model`'s weights."""
+    return {"patcher": FusedPatcherGraph(model), "encoder": FusedEncoderGraph(model),
+            "global": FusedGlobalGraph(model), "decoder_step": FusedDecoderStepGraph(model)}
