@@ -113,8 +113,9 @@ def compare(prompt, checkpoint, bundle, backend, precision, max_new_bytes):
             rows.append((label, r))
     except (ValueError, FileNotFoundError, ImportError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"backend {backend}{' ' + precision if backend != 'torch' else ''}, prompt {prompt!r}, "
-               f"{max_new_bytes} new bytes, greedy\n")
+    layout = getattr(gen.backend, "layout", None)  # ORT: fused CPU graphs or the standard ones
+    click.echo(f"backend {backend}{' ' + precision if backend != 'torch' else ''}"
+               f"{f' ({layout} graphs)' if layout else ''}, prompt {prompt!r}, {max_new_bytes} new bytes, greedy\n")
     click.echo("| mode | bytes/s | N_enc | N_dec | bandwidth GB | acceptance | output preview |")
     click.echo("|---|---|---|---|---|---|---|")
     for label, r in rows:
