@@ -52,23 +52,21 @@ class OrtBackend:
         self.sessions: dict[str, ort.InferenceSession] = {}
         keys = [graph_key(g) for g in ("patcher", "encoder", "global", "decoder_step")]
         keys += [graph_key("decoder_block", b) for b in self.manifest.block_sizes]
-        for key in keys:
-            n = threads or (min(2, os.cpu_count() or 1) if key == "global" else 1)
+        def session(key: str, graph: str) -> ort.InferenceSession:
+            n = threads or (min(2, os.cpu_count() or 1) if graph == "global" else 1)
             path = self.manifest.graph_file(key, precision)
-            self.sessions[key] = ort.InferenceSession(str(path), _options(n, precision), providers=PROVIDERS[device])
+            return ort.InferenceSession(str(path), _options(n, precision), providers=PROVIDERS[device])
+
+        for key in keys:
+            self.sessions[key] = session(key, key)
         self.layout = self._pick_layout(layout, precision, device)
-        self.in_place_graphs: frozenset[str] = frozenset()
+        self._in_place = {}
         if self.layout == "fused":
             from fastblt.runtime.backends.ort_inplace import InPlaceGraph
 
             fused_specs = fused_graph_specs(self.config)
-            self._in_place = {}
-            for graph in FUSED_GRAPHS:
-                n = threads or (min(2, os.cpu_count() or 1) if graph == "global" else 1)
-                path = self.manifest.graph_file(fused_key(graph), precision)
-                session = ort.InferenceSession(str(path), _options(n, precision), providers=PROVIDERS[device])
-                self._in_place[graph] = InPlaceGraph(session, fused_specs[graph])
-            self.in_place_graphs = frozenset(FUSED_GRAPHS)
+            self._in_place = {g: InPlaceGraph(session(fused_key(g), g), fused_specs[g]) for g in FUSED_GRAPHS}
+        self.in_place_graphs = frozenset(self._in_place)
         got = self.sessions["decoder_step"].get_providers()
         if got[0] != PROVIDERS[device][0]:
             raise RuntimeError(f"ONNX Runtime could not use {PROVIDERS[device][0]} (got {got}); install "
