@@ -26,7 +26,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 # The main job: export the bundled BLT-D to a validated ONNX bundle (FP32, INT8 Q/DQ for TensorRT, INT8
 # dynamic for CPU; rebuilt when the model or the export code changes), then generate greedily in all four
 # modes with ONNX Runtime and print one table per precision.
-$(BUNDLE)/manifest.json: $(MODEL)/model.safetensors $(MODEL)/config.json $(wildcard graphs/*.py export/*.py) \
+$(BUNDLE)/manifest.json: $(MODEL)/model.safetensors $(MODEL)/config.json $(wildcard graphs/*.py graphs/incremental/*.py export/*.py) \
 		| $(VENV)/.installed-run
 	$(BIN)/blt-export build --out $(BUNDLE) --precision fp32,int8,int8-dynamic
 

@@ -1,4 +1,5 @@
-"""ONNX Runtime's fused CPU ops (com.microsoft RotaryEmbedding, GroupQueryAttention) with eager twins.
+"""ONNX Runtime's fused CPU ops (com.microsoft GroupQueryAttention, RotaryEmbedding,
+SkipSimplifiedLayerNormalization) with eager twins.
 
 Under `torch.onnx.export` each function emits one contrib node; eagerly it computes exactly what that node
 computes, so the fused graphs have a torch reference to validate against. Only ONNX Runtime runs these
@@ -7,7 +8,11 @@ nodes (TensorRT keeps the standard, decomposed graphs).
 GroupQueryAttention works on a per-layer cache buffer [b, h_kv, C, d] of fixed capacity C: the new keys
 and values are written at slots past_length .. past_length+t-1 and every query attends slots up to its own,
 within the causal window. When the caller binds the same memory as input and output (IO binding), ONNX
-Runtime updates the cache in place: no per-call copy of the cache at all.
+Runtime updates the cache in place: no per-call copy of the cache at all. Positions are explicit, so a
+sliding-window cache whose slot 0 is not position 0 works unchanged. Where the head size allows it
+(`rotary_inside`), q, k and v come packed in one tensor (one MatMul per layer instead of three) and the node
+rotates them itself at `position_ids`; measured on ONNX Runtime 1.32 CPU, that is bit-identical to separate
+RotaryEmbedding nodes followed by GroupQueryAttention on unpacked q, k, v.
 """
 
 from __future__ import annotations
@@ -39,6 +44,32 @@ def rotary_embedding(x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor
     return torch.stack([x0 * c - x1 * s, x1 * c + x0 * s], dim=-1).view(b, t, width)
 
 
+def rotary_inside(head_dim: int) -> bool:
+    """Whether GroupQueryAttention can apply the rotary itself: ORT's CPU kernel refuses head sizes that are
+    not a multiple of 16 (measured on 1.32); smaller heads keep separate RotaryEmbedding nodes."""
+    return head_dim % 16 == 0
+
+
+def packed_attention(qkv, cache_k, cache_v, seqlens_k, total, cos, sin, positions, heads: int, kv_heads: int,
+                     window: int | None):
+    """GroupQueryAttention on packed, not yet rotated qkv [b,t,(heads+2·kv)·d]; the node rotates q and k at
+    `positions` (absolute, [b,t] int64) itself → (out [b,t,heads·d], updated cache k, updated cache v)."""
+    if torch.onnx.is_in_onnx_export():
+        attrs = {"num_heads": heads, "kv_num_heads": kv_heads, "local_window_size": window or -1, "do_rotary": 1,
+                 "rotary_interleaved": 1}
+        b, t, _ = qkv.shape
+        out = torch.onnx.ops.symbolic_multi_out(
+            f"{DOMAIN}::GroupQueryAttention",
+            (qkv, None, None, cache_k, cache_v, seqlens_k, total, cos, sin, positions), attrs,
+            dtypes=(qkv.dtype, cache_k.dtype, cache_v.dtype),
+            shapes=((b, t, heads * cache_k.shape[3]), cache_k.shape, cache_v.shape), version=1)
+        return out[0], out[1], out[2]
+    d = cache_k.shape[3]
+    q, k, v = qkv.split([heads * d, kv_heads * d, kv_heads * d], dim=-1)
+    q, k = rotary_embedding(q, positions, cos, sin, heads), rotary_embedding(k, positions, cos, sin, kv_heads)
+    return _eager_attention(q, k, v, cache_k, cache_v, seqlens_k, heads, kv_heads, window)
+
+
 def group_query_attention(q, k, v, cache_k, cache_v, seqlens_k, total, heads: int, kv_heads: int,
                           window: int | None):
     """q [b,t,heads·d], k/v [b,t,kv·d] (rotated already), cache [b,kv,C,d], seqlens_k [b] int32 (= past + t − 1),
@@ -49,6 +80,10 @@ def group_query_attention(q, k, v, cache_k, cache_v, seqlens_k, total, heads: in
             f"{DOMAIN}::GroupQueryAttention", (q, k, v, cache_k, cache_v, seqlens_k, total), attrs,
             dtypes=(q.dtype, cache_k.dtype, cache_v.dtype), shapes=(q.shape, cache_k.shape, cache_v.shape), version=1)
         return out[0], out[1], out[2]
+    return _eager_attention(q, k, v, cache_k, cache_v, seqlens_k, heads, kv_heads, window)
+
+
+def _eager_attention(q, k, v, cache_k, cache_v, seqlens_k, heads, kv_heads, window):
     b, t, _ = q.shape
     d = cache_k.shape[3]
     new_k, new_v = cache_k.clone(), cache_v.clone()
@@ -69,3 +104,15 @@ def group_query_attention(q, k, v, cache_k, cache_v, seqlens_k, total, heads: in
         attn = torch.softmax(scores.masked_fill(~ok, NEG), dim=-1)
         outs.append(torch.matmul(attn, values).transpose(0, 1).reshape(t, heads * d))
     return torch.stack(outs), new_k, new_v
+
+
+def skip_rms_norm(x: torch.Tensor, delta: torch.Tensor, norm) -> tuple[torch.Tensor, torch.Tensor]:
+    """(norm(x + delta), x + delta): a residual add and the RMSNorm after it as one node."""
+    if torch.onnx.is_in_onnx_export():
+        b, t, dim = x.shape
+        out = torch.onnx.ops.symbolic_multi_out(
+            f"{DOMAIN}::SkipSimplifiedLayerNormalization", (delta, x, norm.weight), {"epsilon": norm.eps},
+            dtypes=(x.dtype,) * 4, shapes=(x.shape, (b, t, 1), (b, t, 1), x.shape), version=1)
+        return out[0], out[3]
+    s = x + delta
+    return norm(s), s

@@ -2,11 +2,18 @@
 
 Entries are [n_layers, 1, h_kv, T, d]. The cache keeps `window - 1` entries (all a new token can see) plus
 `slack` older ones so BLT-S/BLT-DV can roll back a draft without recomputing the prefix.
+
+A windowed cache is compacted (its oldest entries dropped, the rest moved to slot 0) as soon as it holds
+more than `keep + COMPACT_EVERY` entries, not only when its buffer is full: ORT's GroupQueryAttention reads
+every filled slot and masks the ones outside the window afterwards, so its cost follows the filled length
+(measured on ORT 1.32 CPU, 4 heads × 32: 38 µs at 300 filled slots, 82 µs at 690, window 256 in both).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+COMPACT_EVERY = 64  # one memmove of `keep` entries per 64 appended, against ~0.1 µs per filled slot per head-layer
 
 
 class KVCache:
@@ -41,8 +48,10 @@ class KVCache:
     def reserve(self, t: int) -> None:
         """Make slots length .. length+t-1 exist (dropping entries older than the window plus slack, or
         growing the buffers); a graph that writes its new entries in place calls this first."""
+        if self.keep is not None and self.length > self.keep and self.length + t > self.keep + COMPACT_EVERY:
+            self._compact()
         if self.length + t > self.k.shape[3]:
-            self._make_room(t)
+            self._grow(t)
 
     def advance(self, t: int) -> None:
         """Count t entries written in place (at slots length .. length+t-1) as cached."""
@@ -55,14 +64,15 @@ class KVCache:
                              f"{self.start} (rollback depth is bounded by the window slack)")
         self.length = min(self.length, position - self.start)
 
-    def _make_room(self, t: int) -> None:
-        if self.keep is not None and self.length > self.keep:
-            drop = self.length - self.keep
-            self.k[:, :, :, : self.keep] = self.k[:, :, :, drop:self.length]
-            self.v[:, :, :, : self.keep] = self.v[:, :, :, drop:self.length]
-            self.start += drop
-            self.length = self.keep
-        if self.length + t > self.k.shape[3]:
-            cap = max(2 * self.k.shape[3], self.length + t)
-            grow = ((0, 0), (0, 0), (0, 0), (0, cap - self.k.shape[3]), (0, 0))
-            self.k, self.v = np.pad(self.k, grow), np.pad(self.v, grow)
+    def _compact(self) -> None:
+        """Drop all but the newest `keep` entries, in place (the buffers stay the same arrays)."""
+        drop = self.length - self.keep
+        self.k[:, :, :, : self.keep] = self.k[:, :, :, drop:self.length]
+        self.v[:, :, :, : self.keep] = self.v[:, :, :, drop:self.length]
+        self.start += drop
+        self.length = self.keep
+
+    def _grow(self, t: int) -> None:
+        cap = max(2 * self.k.shape[3], self.length + t)
+        grow = ((0, 0), (0, 0), (0, 0), (0, cap - self.k.shape[3]), (0, 0))
+        self.k, self.v = np.pad(self.k, grow), np.pad(self.v, grow)

@@ -5,16 +5,27 @@ Same math and weights as the standard graphs; what changes is the interface. Ins
 the visible entries in and only the new entries out (a Split, a Concat and a host-side copy of the whole
 cache on every call), each layer takes its cache buffer [b, h_kv, C, d] plus `past_length`, and returns the
 updated buffer, which the ORT backend binds to the same memory. Per call that removes about half the nodes
-(ORT's cost here is per node, not per flop) and every cache copy. Positions stay explicit (RotaryEmbedding),
-so a sliding-window cache whose slot 0 is not position 0 works unchanged. decoder_block keeps the standard
-layout: its bias is arbitrary, which GroupQueryAttention cannot express.
+(ORT's cost here is per node, not per flop) and every cache copy. Per layer: one MatMul for q, k and v
+(weights concatenated, constant-folded at export) and one GroupQueryAttention that also applies the rotary
+at explicit positions (heads of 16·n; smaller heads keep two RotaryEmbedding nodes and three MatMuls), one
+MatMul for the MLP's gate and up projections, and each residual add fused into the RMSNorm after it.
+decoder_block keeps the standard layout: its bias is arbitrary, which GroupQueryAttention cannot express.
 """
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
-from fastblt.graphs.fused_ops import group_query_attention, rope_tables, rotary_embedding
+from fastblt.graphs.fused_ops import (
+    group_query_attention,
+    packed_attention,
+    rope_tables,
+    rotary_embedding,
+    rotary_inside,
+    skip_rms_norm,
+)
 
 
 class FusedStack(nn.Module):
@@ -28,23 +39,36 @@ class FusedStack(nn.Module):
         self.register_buffer("sin", sin, persistent=False)
 
     def forward(self, x, positions, past_length, caches, before_layer=None):
-        cfg = self.stack.cfg
         seqlens = past_length + (x.shape[1] - 1)
         total = seqlens.max() + 1
-        presents = []
+        presents, pending = [], None  # pending: the MLP output not yet added to x (fused into the next norm)
         for i, layer in enumerate(self.stack.layers):
             if before_layer is not None:
-                x = before_layer(i, x)
+                x = x if pending is None else x + pending
+                x, pending = before_layer(i, x), None
             attn = layer.self_attn
-            h = layer.input_layernorm(x)
-            q = rotary_embedding(attn.q_proj(h), positions, self.cos, self.sin, cfg.n_heads)
-            k = rotary_embedding(attn.k_proj(h), positions, self.cos, self.sin, cfg.kv_heads)
-            out, ck, cv = group_query_attention(q, k, attn.v_proj(h), caches[2 * i], caches[2 * i + 1], seqlens,
-                                                total, cfg.n_heads, cfg.kv_heads, cfg.window)
-            x = x + attn.o_proj(out)
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            if pending is None:
+                h = layer.input_layernorm(x)
+            else:
+                h, x = skip_rms_norm(x, pending, layer.input_layernorm)
+            out, ck, cv = self._attention(attn, h, positions, caches[2 * i], caches[2 * i + 1], seqlens, total)
+            h, x = skip_rms_norm(x, attn.o_proj(out), layer.post_attention_layernorm)
+            mlp = layer.mlp
+            gate, up = F.linear(h, torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])).chunk(2, dim=-1)
+            pending = mlp.down_proj(F.silu(gate) * up)
             presents += [ck, cv]
-        return x, presents
+        return x + pending, presents
+
+    def _attention(self, attn, h, positions, cache_k, cache_v, seqlens, total):
+        cfg = self.stack.cfg
+        if rotary_inside(cfg.head_dim):
+            qkv = F.linear(h, torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]))
+            return packed_attention(qkv, cache_k, cache_v, seqlens, total, self.cos, self.sin, positions,
+                                    cfg.n_heads, cfg.kv_heads, cfg.window)
+        q = rotary_embedding(attn.q_proj(h), positions, self.cos, self.sin, cfg.n_heads)
+        k = rotary_embedding(attn.k_proj(h), positions, self.cos, self.sin, cfg.kv_heads)
+        return group_query_attention(q, k, attn.v_proj(h), cache_k, cache_v, seqlens, total, cfg.n_heads,
+                                     cfg.kv_heads, cfg.window)
 
 
 class FusedPatcherGraph(nn.Module):

@@ -29,7 +29,8 @@ TEXT = b"def add(a, b):\n    return a + b\n\n\nclass Point:\n    def __init__(se
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    gqa = TransformerConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64, window=64, max_positions=4096)
+    # head_dim 16 with 2:1 GQA: the decoder takes the packed fused path, patcher and encoder (head_dim 8) the other
+    gqa = TransformerConfig(dim=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_dim=64, window=64, max_positions=4096)
     m = BltModel(tiny_config(vocab_size=262, mask_id=260, pad_id=261, block_sizes=(4, 8), patch_threshold=3.5,
                              decoder=gqa)).eval()
     with torch.no_grad():

@@ -37,30 +37,31 @@ def test_rmsnorm_matches_rsqrt_form():
     torch.testing.assert_close(norm(x), ref, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("kv_heads", [4, 2])
-def test_fused_stack_equals_the_standard_stack(kv_heads):
+@pytest.mark.parametrize(("kv_heads", "head_dim"), [(4, 8), (2, 8), (2, 16)])
+def test_fused_stack_equals_the_standard_stack(kv_heads, head_dim):
     """The fused layout's eager twin (what its ONNX graphs are validated against) computes the standard
     stack: same outputs and the same new cache entries, with a cache whose slot 0 is position 37 (a shifted
-    window), several new rows, and garbage in the buffer past the filled slots."""
+    window), several new rows, and garbage in the buffer past the filled slots; head_dim 16 takes the packed
+    path (rotary inside GroupQueryAttention), 8 the separate-rotary one."""
     from fastblt.graphs.config import TransformerConfig
     from fastblt.graphs.incremental.fused import FusedStack
     from fastblt.graphs.layers import Stack, past_positions, window_bias
 
     torch.manual_seed(0)
-    cfg = TransformerConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=kv_heads, ffn_dim=64, window=8,
+    cfg = TransformerConfig(dim=4 * head_dim, n_layers=2, n_heads=4, n_kv_heads=kv_heads, ffn_dim=64, window=8,
                             max_positions=256)
     stack = Stack(cfg).eval()
     past, new, start = 11, 5, 37
     positions = torch.arange(start + past, start + past + new)[None]
-    x = torch.randn(1, new, 32)
-    past_k, past_v = torch.randn(2, 1, kv_heads, past, 8), torch.randn(2, 1, kv_heads, past, 8)
+    x = torch.randn(1, new, 4 * head_dim)
+    past_k, past_v = (torch.randn(2, 1, kv_heads, past, head_dim) for _ in range(2))
     keys = torch.cat([past_positions(positions, past), positions], dim=1)
     with torch.no_grad():
         want, want_k, want_v = stack.run(x, positions, window_bias(positions, keys, cfg.window), past_k, past_v)
         caches = []
         for i in range(2):
             for src in (past_k, past_v):
-                buf = torch.randn(1, kv_heads, past + new + 4, 8)
+                buf = torch.randn(1, kv_heads, past + new + 4, head_dim)
                 buf[:, :, :past] = src[i]
                 caches.append(buf)
         got, presents = FusedStack(stack)(x, positions, torch.tensor([past], dtype=torch.int32), caches)
