@@ -15,6 +15,7 @@ bundle has it for the precision, and the session then hands those graphs its cac
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
@@ -65,7 +66,16 @@ class OrtBackend:
             from fastblt.runtime.backends.ort_inplace import InPlaceGraph
 
             fused_specs = fused_graph_specs(self.config)
-            self._in_place = {g: InPlaceGraph(session(fused_key(g), g), fused_specs[g]) for g in FUSED_GRAPHS}
+            try:
+                self._in_place = {g: InPlaceGraph(session(fused_key(g), g), fused_specs[g]) for g in FUSED_GRAPHS}
+            except ort_errors() as e:  # an ONNX Runtime without these contrib-op inputs (e.g. GQA position_ids)
+                message = (f"onnxruntime {ort.__version__} cannot load this bundle's fused CPU graphs ({e}); "
+                           "upgrade it (`pip install -U onnxruntime`; the layout is verified on 1.32) or use "
+                           "layout='standard'")
+                if layout == "fused":
+                    raise BundleError(message) from None
+                warnings.warn(message + "; using the standard graphs", RuntimeWarning, stacklevel=2)
+                self.layout = "standard"
         self.in_place_graphs = frozenset(self._in_place)
         got = self.sessions["decoder_step"].get_providers()
         if got[0] != PROVIDERS[device][0]:
@@ -101,6 +111,13 @@ class OrtBackend:
     def close(self) -> None:
         self.sessions.clear()
         self._in_place = {}
+
+
+def ort_errors() -> tuple[type[Exception], ...]:
+    """What InferenceSession raises for a graph this ONNX Runtime cannot load."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return (state.Fail, state.InvalidGraph, state.InvalidArgument, state.NotImplemented)
 
 
 def _options(threads: int, precision: str):

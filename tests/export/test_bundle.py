@@ -114,6 +114,27 @@ def test_layout_errors(built):
         OrtBackend(built, "int8", layout="fused")
 
 
+def test_an_onnxruntime_that_cannot_load_the_fused_graphs(built, monkeypatch):
+    """An older ONNX Runtime refusing the fused graphs' contrib-op inputs: auto falls back to the standard
+    graphs with a warning, an explicit fused request gets one clear error."""
+    import onnxruntime as ort
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    real = ort.InferenceSession
+
+    def old_runtime(path, *args, **kwargs):
+        if "fused_" in str(path):
+            raise state.Fail("Node (GroupQueryAttention) input arg (position_ids) does not have type information")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", old_runtime)
+    with pytest.warns(RuntimeWarning, match="cannot load this bundle's fused CPU graphs"):
+        backend = OrtBackend(built, "fp32")
+    assert backend.layout == "standard" and not backend.in_place_graphs
+    with pytest.raises(BundleError, match=r"upgrade it .*or use layout='standard'"):
+        OrtBackend(built, "fp32", layout="fused")
+
+
 def test_int8_runs_and_is_reported(built):
     q = Manifest.load(built).data["quality"]
     assert np.isfinite(q["int8"]["heldout_bpb"])
