@@ -201,10 +201,9 @@ class Session:
 
     # ---- internals -------------------------------------------------------------------------------------------
     def _hashes(self, ids: np.ndarray, drafts: bool = False) -> np.ndarray:
-        cfg = self.config
-        history = self.ids + self.draft_ids if drafts else self.ids
-        return host.hash_ids(ids, cfg.hash_sizes, cfg.hash_vocab, cfg.hash_functions,
-                             history=history[-(self._gmax - 1):] if self._gmax > 1 else ())
+        cfg, n = self.config, self._gmax - 1  # the hashes of new ids read at most n ids before them
+        history = (self.ids[-n:] + self.draft_ids[-n:] if drafts else self.ids[-n:]) if n else []
+        return host.hash_ids(ids, cfg.hash_sizes, cfg.hash_vocab, cfg.hash_functions, history=history[-n:] if n else ())
 
     def _check_room(self, n: int) -> None:
         if n > self._limit:
