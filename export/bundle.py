@@ -24,7 +24,7 @@ from fastblt.export.quantize import (
 )
 from fastblt.graphs.checkpoint import replace_dir
 from fastblt.graphs.spec import FUSED_GRAPHS, GRAPH_NAMES, fused_graph_specs, graph_specs
-from fastblt.runtime.manifest import fused_key, graph_key, sha256_file, write_manifest
+from fastblt.runtime.manifest import fused_key, graph_key, is_standard, sha256_file, write_manifest
 
 FUSED_PRECISIONS = ("fp32", "int8-dynamic")  # the CPU precisions; TensorRT never reads the fused layout
 
@@ -200,7 +200,7 @@ def _export_fused(model, root: Path, entries: dict, validation: dict, records: d
 
 
 def _has_precision(entry: dict, precision: str) -> bool:
-    return entry.get("layout", "standard") == "standard" or precision in FUSED_PRECISIONS
+    return is_standard(entry) or precision in FUSED_PRECISIONS
 
 
 def _register(root: Path, manifest: dict, precision: str) -> None:
@@ -229,7 +229,7 @@ def _engines(root: Path, manifest: dict, precisions, block_sizes, log) -> None:
             log(f"{precision} is an ONNX Runtime CPU precision: no TensorRT engines for it")
             continue
         for key, entry in manifest["graphs"].items():
-            if entry.get("layout", "standard") != "standard":
+            if not is_standard(entry):
                 continue
             log(f"building TensorRT engine {key} ({precision}) for {info.gpu_name}")
             ranges = dim_ranges(manifest_config(manifest), entry["block_size"])

@@ -70,7 +70,7 @@ def polygraphy_check(bundle: str | Path, model, prompts: list[bytes] | None = No
     from fastblt.export.calibration import prompts_from, record
     from fastblt.graphs.data import heldout_windows
     from fastblt.runtime.backends.torch_ref import TorchBackend
-    from fastblt.runtime.manifest import Manifest
+    from fastblt.runtime.manifest import Manifest, is_standard
 
     _polygraphy()
     manifest = Manifest.load(bundle)
@@ -83,7 +83,7 @@ def polygraphy_check(bundle: str | Path, model, prompts: list[bytes] | None = No
     engines = _fp32_engines(manifest)
     report, failing = {}, []
     for key, entry in manifest.data["graphs"].items():
-        if entry.get("layout", "standard") != "standard":
+        if not is_standard(entry):
             continue  # the fused ONNX Runtime layout: validated at build time against the same real-text calls
         records = rec.records.get(key, [])
         if not records:

@@ -42,6 +42,11 @@ def fused_key(graph: str) -> str:
     return f"fused_{graph}"
 
 
+def is_standard(entry: dict) -> bool:
+    """Whether a manifest graph entry is the portable layout (what TensorRT and Polygraphy read)."""
+    return entry.get("layout", "standard") == "standard"
+
+
 @dataclass
 class Manifest:
     root: Path

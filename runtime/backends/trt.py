@@ -14,7 +14,7 @@ import numpy as np
 
 from fastblt.graphs.spec import GraphSpec, graph_specs
 from fastblt.runtime.backends import FeedError, resolve
-from fastblt.runtime.manifest import BundleError, Manifest, graph_key
+from fastblt.runtime.manifest import BundleError, Manifest, graph_key, is_standard
 from fastblt.runtime.trt_device import (
     REBUILD,
     TRT_HINT,
@@ -168,7 +168,7 @@ class TensorRTBackend:
                 if record.get("precision") == self.precision:
                     self._engines[record["graph_key"]] = self._load(record, info)
             graphs = self.manifest.data.get("graphs", {})  # the fused layout is ONNX Runtime-only
-            missing = sorted({k for k, e in graphs.items() if e.get("layout", "standard") == "standard"}
+            missing = sorted({k for k, e in graphs.items() if is_standard(e)}
                              - set(self._engines))
             if missing:
                 raise BundleError(f"{self.manifest.root}: no {self.precision} TensorRT engine for graphs {missing}; "
