@@ -4,6 +4,10 @@ Each layer's cache buffer is bound as both the `past_*` input and the `present_*
 GroupQueryAttention writes the new entries straight into the session's KVCache: no visible-window copy on
 the way in, no append on the way out. The binding is kept between calls; the cache buffers are rebound
 only when the KVCache reallocates (the unbounded global cache grows by doubling).
+
+One-row calls (every decode step of patcher, encoder and decoder_step) take a second binding whose inputs and
+outputs are fixed numpy buffers bound once: a call copies its few values in and its result out, instead of
+binding every tensor anew (measured ~30 µs of host time per call on this CPU, against 50-400 µs graphs).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import onnxruntime as ort
 
 from fastblt.graphs.spec import GraphSpec
 from fastblt.runtime.backends import check_feeds
+
+_NP = {"int64": np.int64, "int32": np.int32, "float32": np.float32, "bool": np.bool_}
 
 
 class InPlaceGraph:
@@ -27,12 +33,18 @@ class InPlaceGraph:
         self.binding = session.io_binding()
         self._bound: tuple[np.ndarray, np.ndarray] | None = None
         self._values: list[ort.OrtValue] = []
+        self.row = _OneRow(session, self.host_spec, self.caches) if _one_row_shapes(self.host_spec) else None
 
     def run(self, feeds: dict[str, np.ndarray], cache, keep: bool, check: bool) -> dict[str, np.ndarray]:
         if check:
             check_feeds(self.host_spec, feeds)
         t = feeds[self.host_spec.inputs[0].name].shape[1]  # new rows: bytes, or patches for `global`
         cache.reserve(t)
+        if t == 1 and self.row is not None:
+            out = self.row.run(feeds, cache)
+            if keep:
+                cache.advance(1)
+            return out
         if self._bound is None or self._bound[0] is not cache.k or self._bound[1] is not cache.v:
             self._bind(cache)
         binding = self.binding
@@ -61,4 +73,56 @@ class InPlaceGraph:
             self.binding.bind_ortvalue_input(name, value)
             self.binding.bind_ortvalue_output(f"present_{part}_{layer}", value)
             self._values.append(value)
+        self._bound = (cache.k, cache.v)
+
+
+def _one_row_shapes(spec: GraphSpec) -> dict[str, tuple[int, ...]] | None:
+    """Concrete shapes of every host input and output at t = 1, or None if another axis is dynamic."""
+    shapes = {}
+    for ts in (*spec.inputs, *spec.outputs):
+        shape = tuple(1 if d == "t" else d for d in ts.shape)
+        if not all(isinstance(d, int) for d in shape):
+            return None
+        shapes[ts.name] = shape
+    return shapes
+
+
+class _OneRow:
+    """The t = 1 call on fixed, bound-once input and output buffers (plus the cache buffers, rebound when
+    the KVCache reallocates). Results are returned as copies, so nothing aliases the next call's output."""
+
+    def __init__(self, session: ort.InferenceSession, spec: GraphSpec, caches: list[str]) -> None:
+        shapes = _one_row_shapes(spec)
+        self.session, self.caches = session, caches
+        self.binding = session.io_binding()
+        self.inputs = {ts.name: np.zeros(shapes[ts.name], _NP[ts.dtype]) for ts in spec.inputs}
+        self.outputs = {ts.name: np.zeros(shapes[ts.name], _NP[ts.dtype]) for ts in spec.outputs}
+        self.past_length = np.zeros(1, dtype=np.int32)
+        self._values = [ort.OrtValue.ortvalue_from_numpy(a) for a in (*self.inputs.values(), self.past_length,
+                                                                        *self.outputs.values())]
+        for (name, _), value in zip(self.inputs.items(), self._values, strict=False):
+            self.binding.bind_ortvalue_input(name, value)
+        self.binding.bind_ortvalue_input("past_length", self._values[len(self.inputs)])
+        for (name, _), value in zip(self.outputs.items(), self._values[len(self.inputs) + 1:], strict=True):
+            self.binding.bind_ortvalue_output(name, value)
+        self._bound: tuple[np.ndarray, np.ndarray] | None = None
+        self._cache_values: list[ort.OrtValue] = []
+
+    def run(self, feeds: dict[str, np.ndarray], cache) -> dict[str, np.ndarray]:
+        if self._bound is None or self._bound[0] is not cache.k or self._bound[1] is not cache.v:
+            self._bind(cache)
+        for name, buf in self.inputs.items():
+            buf[...] = feeds[name]
+        self.past_length[0] = cache.length
+        self.session.run_with_iobinding(self.binding)
+        return {name: buf.copy() for name, buf in self.outputs.items()}
+
+    def _bind(self, cache) -> None:
+        self._cache_values = []
+        for name in self.caches:
+            _, part, layer = name.split("_")
+            value = ort.OrtValue.ortvalue_from_numpy((cache.k if part == "key" else cache.v)[int(layer)])
+            self.binding.bind_ortvalue_input(name, value)
+            self.binding.bind_ortvalue_output(f"present_{part}_{layer}", value)
+            self._cache_values.append(value)
         self._bound = (cache.k, cache.v)

@@ -107,6 +107,29 @@ def test_fused_layout_updates_the_session_cache_in_place(built):
     assert np.abs(fused.logits() - standard.logits()).max() <= 1e-4
 
 
+def test_one_row_calls_match_the_general_binding_and_never_alias(built):
+    """Decode steps (t = 1) run on bound-once buffers: the same logits and cache entries as binding every
+    tensor anew, and each result is a fresh array that the next call does not overwrite."""
+    from fastblt.runtime.session import Session
+
+    session = Session(OrtBackend(built, "fp32"))
+    session.commit([1] + [b + 4 for b in TEXT[:120]])
+    graph = session.backend._in_place["decoder_step"]
+    assert graph.row is not None and session.backend._in_place["global"].row is None  # P and L are dynamic
+    cache, n = session.caches["decoder"], session.length
+    feeds = {"states": np.full((1, 1, 32), 0.5, np.float32), "positions": np.array([[n]]),
+             "memory": session.memory[session.n_closed - 1][None, None].copy()}
+    fast = graph.run(dict(feeds), cache, False, True)["logits"]
+    entry = cache.k[:, :, :, cache.length].copy()
+    graph.row, row = None, graph.row
+    general = graph.run(dict(feeds), cache, False, True)["logits"]
+    graph.row = row
+    assert np.array_equal(fast, general) and np.array_equal(entry, cache.k[:, :, :, cache.length])
+    feeds["states"] = np.full((1, 1, 32), -0.5, np.float32)
+    other = graph.run(dict(feeds), cache, False, True)["logits"]
+    assert np.array_equal(fast, general) and not np.allclose(other, fast)
+
+
 def test_layout_errors(built):
     with pytest.raises(ValueError, match="valid layouts are"):
         OrtBackend(built, "fp32", layout="fast")
