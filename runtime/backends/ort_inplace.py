@@ -7,7 +7,7 @@ only when the KVCache reallocates (the unbounded global cache grows by doubling)
 
 One-row calls (every decode step of patcher, encoder and decoder_step) take a second binding whose inputs and
 outputs are fixed numpy buffers bound once: a call copies its few values in and its result out, instead of
-binding every tensor anew (measured ~30 µs of host time per call on this CPU, against 50-400 µs graphs).
+binding every tensor anew (measured 18-45 µs less per call on this CPU, against 50-400 µs graphs).
 """
 
 from __future__ import annotations
@@ -61,18 +61,11 @@ class InPlaceGraph:
         return out
 
     def _bind(self, cache) -> None:
-        """Bind layer i's key/value buffers (contiguous [1, h, C, d] views of the cache) in and out."""
-        self._values = []
+        """Bind the outputs first, then the cache buffers: get_outputs lists them in that order."""
         self.binding.clear_binding_outputs()
         for name in self.outputs:
             self.binding.bind_output(name)
-        for name in self.caches:
-            _, part, layer = name.split("_")
-            buf = (cache.k if part == "key" else cache.v)[int(layer)]
-            value = ort.OrtValue.ortvalue_from_numpy(buf)
-            self.binding.bind_ortvalue_input(name, value)
-            self.binding.bind_ortvalue_output(f"present_{part}_{layer}", value)
-            self._values.append(value)
+        self._values = _bind_caches(self.binding, self.caches, cache)
         self._bound = (cache.k, cache.v)
 
 
@@ -98,13 +91,13 @@ class _OneRow:
         self.inputs = {ts.name: np.zeros(shapes[ts.name], _NP[ts.dtype]) for ts in spec.inputs}
         self.outputs = {ts.name: np.zeros(shapes[ts.name], _NP[ts.dtype]) for ts in spec.outputs}
         self.past_length = np.zeros(1, dtype=np.int32)
-        self._values = [ort.OrtValue.ortvalue_from_numpy(a) for a in (*self.inputs.values(), self.past_length,
-                                                                        *self.outputs.values())]
-        for (name, _), value in zip(self.inputs.items(), self._values, strict=False):
-            self.binding.bind_ortvalue_input(name, value)
-        self.binding.bind_ortvalue_input("past_length", self._values[len(self.inputs)])
-        for (name, _), value in zip(self.outputs.items(), self._values[len(self.inputs) + 1:], strict=True):
-            self.binding.bind_ortvalue_output(name, value)
+        self._values = []  # OrtValues over the buffers, kept alive with the binding
+        for name, buf in (*self.inputs.items(), ("past_length", self.past_length)):
+            self._values.append(ort.OrtValue.ortvalue_from_numpy(buf))
+            self.binding.bind_ortvalue_input(name, self._values[-1])
+        for name, buf in self.outputs.items():
+            self._values.append(ort.OrtValue.ortvalue_from_numpy(buf))
+            self.binding.bind_ortvalue_output(name, self._values[-1])
         self._bound: tuple[np.ndarray, np.ndarray] | None = None
         self._cache_values: list[ort.OrtValue] = []
 
@@ -118,11 +111,18 @@ class _OneRow:
         return {name: buf.copy() for name, buf in self.outputs.items()}
 
     def _bind(self, cache) -> None:
-        self._cache_values = []
-        for name in self.caches:
-            _, part, layer = name.split("_")
-            value = ort.OrtValue.ortvalue_from_numpy((cache.k if part == "key" else cache.v)[int(layer)])
-            self.binding.bind_ortvalue_input(name, value)
-            self.binding.bind_ortvalue_output(f"present_{part}_{layer}", value)
-            self._cache_values.append(value)
+        self._cache_values = _bind_caches(self.binding, self.caches, cache)
         self._bound = (cache.k, cache.v)
+
+
+def _bind_caches(binding, names: list[str], cache) -> list[ort.OrtValue]:
+    """Bind layer i's key/value buffers (contiguous [1, h, C, d] views of the cache) as both the past input
+    and the present output; returns the OrtValues, which must live as long as the binding uses them."""
+    values = []
+    for name in names:
+        _, part, layer = name.split("_")
+        value = ort.OrtValue.ortvalue_from_numpy((cache.k if part == "key" else cache.v)[int(layer)])
+        binding.bind_ortvalue_input(name, value)
+        binding.bind_ortvalue_output(f"present_{part}_{layer}", value)
+        values.append(value)
+    return values
