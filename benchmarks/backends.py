@@ -12,6 +12,7 @@ within minutes, the fused FP32 rows are measured again in `--rounds` interleaved
 fresh HF run, and the ratio is reported per round (median, min, max), not only against the first HF timing.
 
     .venv/bin/python benchmarks/backends.py [--weights trained|random] [--context 1024] [--new-bytes 64]
+                                            [--draft-k 8,16] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -68,9 +69,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="fastblt runs per row; the median is reported")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (HF and fastblt torch)")
     ap.add_argument("--ort-threads", type=int, default=0, help="0: the ORT backend's per-graph default")
+    ap.add_argument("--draft-k", default="8,16",
+                    help="BLT-S draft windows, comma-separated (the paper's best trade-off is k=16)")
     ap.add_argument("--rounds", type=int, default=3,
                     help="interleaved rounds of HF vs the fused FP32 rows, so machine drift hits both sides")
     args = ap.parse_args()
+    ks = [int(k) for k in args.draft_k.split(",")]
     torch.set_num_threads(args.threads)
     text = heldout_text(args.context + 4096)
     prompt = text[: args.context]
@@ -114,18 +118,19 @@ def main() -> None:
     fp32, fp32_f = ort("fp32", "standard"), ort("fp32", "fused")
     int8 = ort("int8", "standard")
     dyn, dyn_f = ort("int8-dynamic", "standard"), ort("int8-dynamic", "fused")
-    ar, blts = {"mode": "ar"}, {"mode": "blts", "draft_k": 8}
+    ar = {"mode": "ar"}
+    blts = {k: {"mode": "blts", "draft_k": k} for k in ks}
     runs = [("fastblt torch reference", torch_b, ar),
             ("fastblt ORT FP32, standard graphs", fp32, ar),
             ("fastblt ORT FP32, fused CPU graphs", fp32_f, ar),
             ("fastblt ORT INT8 (Q/DQ), standard graphs", int8, ar),
             ("fastblt ORT INT8-dynamic, standard graphs", dyn, ar),
-            ("fastblt ORT INT8-dynamic, fused CPU graphs", dyn_f, ar),
-            ("fastblt torch reference, BLT-S k=8 (lossless)", torch_b, blts),
-            ("fastblt ORT FP32, standard graphs, BLT-S k=8", fp32, blts),
-            ("fastblt ORT FP32, fused CPU graphs, BLT-S k=8", fp32_f, blts),
-            ("fastblt ORT INT8-dynamic, standard graphs, BLT-S k=8", dyn, blts),
-            ("fastblt ORT INT8-dynamic, fused CPU graphs, BLT-S k=8", dyn_f, blts)]
+            ("fastblt ORT INT8-dynamic, fused CPU graphs", dyn_f, ar)]
+    for k in ks:
+        runs += [(f"fastblt torch reference, BLT-S k={k} (lossless)", torch_b, blts[k]),
+                 (f"fastblt ORT FP32, standard graphs, BLT-S k={k}", fp32, blts[k]),
+                 (f"fastblt ORT FP32, fused CPU graphs, BLT-S k={k}", fp32_f, blts[k]),
+                 (f"fastblt ORT INT8-dynamic, fused CPU graphs, BLT-S k={k}", dyn_f, blts[k])]
     def median_run(gen, mode):
         results = sorted((gen.generate(prompt, max_new_bytes=args.new_bytes, **mode) for _ in range(args.repeats)),
                          key=lambda r: r.bytes_per_s)
@@ -159,21 +164,25 @@ def main() -> None:
     for _ in range(args.rounds):
         hf_round, same = hf_run()
         row = {"hf_bytes_per_s": len(hf_bytes) / hf_round, "hf_identical": same == hf_bytes}
-        for key, mode in (("ar", ar), ("blts", blts)):
+        for key, mode in [("ar", ar)] + [(f"blts_k{k}", blts[k]) for k in ks]:
             results, med = median_run(fused, mode)
             row[key] = med.bytes_per_s
             row[f"{key}_identical"] = all(r.bytes == hf_bytes for r in results)
         rounds.append(row)
+    keys = [("ar", "fused AR")] + [(f"blts_k{k}", f"fused BLT-S k={k}") for k in ks]
     lines += ["", f"Interleaved rounds (HF once, then the fused FP32 rows' median of {args.repeats}, per round):", "",
-              "| round | HF bytes/s | fused AR bytes/s | × HF | fused BLT-S k=8 bytes/s | × HF | greedy = HF |",
-              "|---|---|---|---|---|---|---|"]
+              "| round | HF bytes/s | " + " | ".join(f"{label} bytes/s (× HF)" for _, label in keys)
+              + " | greedy = HF |",
+              "|---" * (len(keys) + 3) + "|"]
     for i, r in enumerate(rounds, 1):
-        same = r["hf_identical"] and r["ar_identical"] and r["blts_identical"]
-        lines.append(f"| {i} | {r['hf_bytes_per_s']:.1f} | {r['ar']:.1f} | {r['ar'] / r['hf_bytes_per_s']:.1f} | "
-                     f"{r['blts']:.1f} | {r['blts'] / r['hf_bytes_per_s']:.1f} | {'yes' if same else 'NO'} |")
-    ratios = sorted(r["blts"] / r["hf_bytes_per_s"] for r in rounds)
-    lines.append(f"\nfused BLT-S k=8 / HF over the rounds: median {ratios[len(ratios) // 2]:.1f}×, "
-                 f"min {ratios[0]:.1f}×, max {ratios[-1]:.1f}×")
+        same = r["hf_identical"] and all(r[f"{key}_identical"] for key, _ in keys)
+        cells = " | ".join(f"{r[key]:.1f} ({r[key] / r['hf_bytes_per_s']:.1f})" for key, _ in keys)
+        lines.append(f"| {i} | {r['hf_bytes_per_s']:.1f} | {cells} | {'yes' if same else 'NO'} |")
+    lines.append("")
+    for key, label in keys:
+        ratios = sorted(r[key] / r["hf_bytes_per_s"] for r in rounds)
+        lines.append(f"{label} / HF over the rounds: median {ratios[len(ratios) // 2]:.1f}×, "
+                     f"min {ratios[0]:.1f}×, max {ratios[-1]:.1f}×")
     write(f"backends-{args.weights}", {"machine": machine(), "weights": args.weights, "context": len(prompt),
                                        "rows": rows, "rounds": rounds}, "\n".join(lines))
 

@@ -1,7 +1,8 @@
 """A growable KV cache for one stack, addressed by absolute position, bounded by the attention window.
 
-Entries are [n_layers, 1, h_kv, T, d]. The cache keeps `window - 1` entries (all a new token can see) plus
-`slack` older ones so BLT-S/BLT-DV can roll back a draft without recomputing the prefix.
+Entries are [n_layers, 1, h_kv, T, d]. Compaction keeps the newest `window - 1 + slack` entries, and runs only
+before an append: after dropping up to `slack` newest entries (a rollback, or discarded drafts) every entry a
+new token can see is still there. `sees_window_at` says whether a deeper drop would still be exact.
 
 A windowed cache is compacted (its oldest entries dropped, the rest moved to slot 0) as soon as it holds
 more than `keep + COMPACT_EVERY` entries, not only when its buffer is full: ORT's GroupQueryAttention reads
@@ -37,6 +38,10 @@ class KVCache:
         lo = self.length - n
         return (np.ascontiguousarray(self.k[:, :, :, lo:self.length]),
                 np.ascontiguousarray(self.v[:, :, :, lo:self.length]))
+
+    def sees_window_at(self, position: int) -> bool:
+        """Whether a token at `position` (≤ end) would still find every entry it may attend."""
+        return self.window is None or self.start <= max(position - (self.window - 1), 0)
 
     def append(self, k: np.ndarray, v: np.ndarray) -> None:
         t = k.shape[3]

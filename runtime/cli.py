@@ -85,6 +85,7 @@ def generate(prompt, checkpoint, bundle, backend, precision, mode, max_new_bytes
 MODE_SETTINGS = [
     ("ar", "AR", {}),
     ("blts", "BLT-S k=8", {"draft_k": 8}),
+    ("blts", "BLT-S k=16", {"draft_k": 16}),  # the paper's best quality/bandwidth trade-off
     ("bltd", "BLT-D B=8 α=0.7", {"block_size": 8, "unmask": UnmaskConfig("confidence", alpha=0.7)}),
     ("bltdv", "BLT-DV B=8 one-step", {"block_size": 8, "unmask": UnmaskConfig("one_step")}),
 ]

@@ -84,7 +84,7 @@ class Generator:
     def _events(self, prompt, mode, max_new_bytes, sampler, stops, module, options) -> Iterator[dict]:
         ids = host.encode(prompt)
         start = time.perf_counter()
-        session = Session(self.backend)
+        session = Session(self.backend, slack=_slack(mode, options))
         session.commit(ids)
         prefill = time.perf_counter() - start
         prefill_calls, prefill_seconds = dict(session.calls), dict(session.seconds)
@@ -130,6 +130,13 @@ class Generator:
             if event["type"] == "done":
                 return event["result"]
         raise RuntimeError("generation ended without a result")  # unreachable: stream always finishes
+
+
+def _slack(mode: str, options: dict) -> int:
+    """The deepest rollback (and the most outstanding drafts) a mode needs: the KV caches keep no more."""
+    if mode == "blts":
+        return options["draft_k"]
+    return options["block_size"] if mode == "bltdv" else 0
 
 
 def _find_stop(out: bytearray, stops: list[bytes], new: int) -> int | None:

@@ -4,7 +4,8 @@
   decoder call; exact (equals the full forward).
 - `rollback(n)`: forget positions ≥ n; every cache then equals a fresh prefill of ids[:n].
 - `draft_step(id)`: BLT-S drafting: encoder + decoder for one byte past the sequence with stale conditioning
-  (the latest closed patch's latent; no patcher, no global). `discard_drafts()` (or any commit) drops them.
+  (the latest closed patch's latent; no patcher, no global). `discard_drafts()` drops them; a commit does too
+  but keeps the encoder's work on the leading ids it shares with them (BLT-S's verify).
 - `last_latent()`: the latent a block starting at the end attends to (forcing the open patch closed).
 - `scratch_states(ids)` / `block_logits(...)`: the encoder in scratch mode and `decoder_block` over a block
   placed after the sequence; no cache changes.
@@ -25,6 +26,7 @@ from fastblt.runtime import host
 from fastblt.runtime.cache import KVCache
 
 ROLLBACK_SLACK = 64
+TRIM_EVERY = 256  # host rows (encoder states, logits) dropped in batches: one copy per 256 bytes, not per call
 NEG = np.finfo(np.float32).min
 
 
@@ -34,6 +36,11 @@ class SequenceTooLongError(ValueError):
 
 class Session:
     def __init__(self, backend, slack: int = ROLLBACK_SLACK) -> None:
+        """`slack`: the deepest rollback and the most drafts outstanding at once (bytes). The windowed KV caches
+        keep that many entries beyond the window and no more, since ORT's fused attention pays for every
+        filled slot: the Generator passes what its mode needs (BLT-S: k, BLT-DV: B)."""
+        if not isinstance(slack, int) or slack < 0:
+            raise ValueError(f"slack={slack!r} must be an integer ≥ 0")
         self.backend = backend
         self._in_place = getattr(backend, "in_place_graphs", frozenset())
         cfg = self.config = backend.config
@@ -52,6 +59,7 @@ class Session:
         self.row_logits = np.zeros((64, cfg.vocab_size), dtype=np.float32)  # decoder logits, recent rows
         self.logits_start = 0
         self.draft_ids: list[int] = []
+        self.draft_states: list[np.ndarray] = []  # encoder states of the drafts, [D] each
         self.calls: dict[str, int] = {}
         self.seconds: dict[str, float] = {}
         self.byte_steps = {"patcher": 0, "encoder": 0}
@@ -79,8 +87,6 @@ class Session:
     # ---- committing -----------------------------------------------------------------------------------------
     def commit(self, new_ids) -> np.ndarray:
         """Append ids (BOS first on an empty session); returns decoder logits [t, V] of the new rows."""
-        if self.draft_ids:
-            self.discard_drafts()
         new = np.asarray(new_ids, dtype=np.int64).reshape(-1)
         self._check_room(self.length + new.size)
         if new.size > MAX_CHUNK:  # graphs (and TensorRT profiles) take at most MAX_CHUNK new bytes per call
@@ -92,13 +98,17 @@ class Session:
             raise ValueError(f"a sequence must start with BOS={host.BOS}; got id {int(new[0])}")
         if int(new.min()) < 0 or int(new.max()) >= cfg.vocab_size:
             raise ValueError(f"ids must lie in [0, {cfg.vocab_size})")
-        self._check_room(n0 + t)
+        drafted = self._take_drafts(new)
+        reuse = drafted.shape[0]
         pos = np.arange(n0, n0 + t, dtype=np.int64)[None]
         ent = self._run("patcher", "patcher", {"ids": new[None], "positions": pos})["entropies"][0]
-        states = self._run("encoder", "encoder", {"ids": new[None], "hash_ids": self._hashes(new)[None],
-                                                  "positions": pos})["states"][0]
+        states = drafted
+        if reuse < t:
+            feeds = {"ids": new[None, reuse:], "hash_ids": self._hashes(new)[None, reuse:], "positions": pos[:, reuse:]}
+            fresh = self._run("encoder", "encoder", feeds)["states"][0]
+            states = fresh if reuse == 0 else np.concatenate([drafted, fresh])
         self.byte_steps["patcher"] += t
-        self.byte_steps["encoder"] += t
+        self.byte_steps["encoder"] += t - reuse
         self.ids.extend(int(i) for i in new)
         self.entropies.extend(float(h) for h in ent)
         self.states = _put_rows(self.states, n0 - self.states_start, states)
@@ -127,9 +137,12 @@ class Session:
         """Forget everything from position `length` on; every cache then equals a prefill of ids[:length]."""
         if not (1 <= length <= self.length):
             raise ValueError(f"rollback length must be in [1, {self.length}], got {length}")
-        if length - 1 < self.logits_start or length < self.states_start:
-            raise ValueError(f"cannot roll back {self.length - length} bytes: at most {self.slack} are kept")
+        short = [name for name in ("patcher", "encoder", "decoder") if not self.caches[name].sees_window_at(length)]
+        if length - 1 < self.logits_start or length < self.states_start or short:
+            raise ValueError(f"cannot roll back {self.length - length} bytes: this session keeps {self.slack} "
+                             "(Session(backend, slack=...))")
         self.draft_ids.clear()
+        self.draft_states.clear()
         for name in ("patcher", "encoder", "decoder"):
             self.caches[name].truncate(length)
         del self.ids[length:], self.entropies[length:]
@@ -142,6 +155,9 @@ class Session:
         """Logits [V] for the byte after `byte_id`, placed after the sequence and earlier drafts, conditioned on
         the latest closed patch's latent (BLT-S's stale conditioning: no patcher, no global call)."""
         n = self.length + len(self.draft_ids)
+        if len(self.draft_ids) >= self.slack:
+            raise ValueError(f"this session allows {self.slack} outstanding drafts (Session(backend, slack=...)); "
+                             "commit or discard_drafts() first")
         self._check_room(n + 1)
         ids = np.array([byte_id], dtype=np.int64)
         pos = np.array([[n]], dtype=np.int64)
@@ -151,12 +167,27 @@ class Session:
         memory = self.memory[self.n_closed - 1][None, None]
         logits = self._run("decoder", "decoder_step", {"states": states, "positions": pos, "memory": memory})
         self.draft_ids.append(int(byte_id))
+        self.draft_states.append(states[0, 0])
         return logits["logits"][0, 0]
 
-    def discard_drafts(self) -> None:
-        self.caches["encoder"].truncate(self.length)
+    def discard_drafts(self, keep_encoded: int = 0) -> None:
+        """Forget the drafts (keeping the encoder cache entries of the first `keep_encoded`)."""
+        self.caches["encoder"].truncate(self.length + keep_encoded)
         self.caches["decoder"].truncate(self.length)
         self.draft_ids.clear()
+        self.draft_states.clear()
+
+    def _take_drafts(self, new: np.ndarray) -> np.ndarray:
+        """Discard the drafts but keep the encoder's work on the leading ids they share with `new`: the encoder
+        is causal and patch-free, so those cache entries and states are exactly what committing them computes
+        (BLT-S's verify then encodes one byte instead of k+1). The decoder's draft rows used stale latents: dropped."""
+        m = 0
+        while m < min(len(self.draft_ids), new.size) and self.draft_ids[m] == new[m]:
+            m += 1
+        states = np.stack(self.draft_states[:m]) if m else np.zeros((0, self.config.encoder.dim), np.float32)
+        if self.draft_ids:
+            self.discard_drafts(keep_encoded=m)
+        return states
 
     def last_latent(self) -> np.ndarray:
         """Memory slots [k, D] a block starting right after the sequence reads: the latent of the last patch,
@@ -244,11 +275,11 @@ class Session:
         cut = max(self.length - self.slack, 0)
         keep_from = self.patch_starts[bisect.bisect_right(self.patch_starts, cut) - 1]
         drop = keep_from - self.states_start
-        if drop > 4 * self.slack:
+        if drop > TRIM_EVERY:
             self.states = self.states[drop:].copy()
             self.states_start += drop
-        drop = self.length - self.slack - self.logits_start
-        if drop > 4 * self.slack:
+        drop = self.length - max(self.slack, 1) - self.logits_start  # the last row: the next byte's logits
+        if drop > TRIM_EVERY:
             self.row_logits = self.row_logits[drop:].copy()
             self.logits_start += drop
 

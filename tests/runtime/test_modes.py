@@ -88,6 +88,65 @@ def test_caches_after_rejection_equal_fresh_prefill():
     assert rejections >= 3
 
 
+@pytest.mark.parametrize("shared", [5, 2, 0])
+def test_commit_after_drafts_reuses_their_encoder_work_exactly(shared):
+    backend = TorchBackend(_model(3))
+    session = Session(backend)
+    session.commit([1] + [c + 4 for c in b"def f(x):\n    return"])
+    drafts = [c + 4 for c in b" x + 1"]
+    for byte_id in drafts[:5]:
+        session.draft_step(byte_id)
+    ids = drafts[:shared] + [c + 4 for c in b"(y)-22"][: 6 - shared]
+    steps, calls = session.byte_steps["encoder"], session.calls["encoder"]
+    session.commit(ids)
+    assert session.byte_steps["encoder"] - steps == 6 - shared  # only the bytes the drafts did not encode
+    assert session.calls["encoder"] - calls == 1
+    assert session.draft_ids == [] and session.draft_states == []
+    _same_as_prefill(session, backend)
+
+
+def test_a_rejected_commit_keeps_the_drafts():
+    backend = TorchBackend(_model(3))
+    session = Session(backend)
+    session.commit([1, 70, 71])
+    session.draft_step(72)
+    with pytest.raises(ValueError, match="ids must lie in"):
+        session.commit([72, 999])
+    assert session.draft_ids == [72] and session.caches["encoder"].end == 4
+    session.commit([72, 73])
+    _same_as_prefill(session, backend)
+
+
+def test_session_slack_bounds_drafts_and_rollback_with_clear_errors():
+    backend = TorchBackend(_model(3))  # window 64
+    text = [1] + [c + 4 for c in b"import os\nimport sys\n" * 12]
+    session = Session(backend, slack=3)
+    for i in range(0, len(text), 5):  # many small commits: every windowed cache compacts
+        session.commit(text[i:i + 5])
+    assert all(session.caches[n].start > 0 for n in ("patcher", "encoder", "decoder"))
+    for byte_id in (50, 51, 52):
+        session.draft_step(byte_id)
+    with pytest.raises(ValueError, match="allows 3 outstanding drafts"):
+        session.draft_step(53)
+    session.commit([50, 51, 52, 53])
+    session.rollback(session.length - 3)  # within the slack: exact
+    _same_as_prefill(session, backend)
+    for i in range(12):  # 12 more one-byte commits compact again: a deep rollback would lose window entries
+        session.commit([60 + i])
+    with pytest.raises(ValueError, match="cannot roll back 40 bytes: this session keeps 3"):
+        session.rollback(session.length - 40)
+    _same_as_prefill(session, backend)  # the failed rollback changed nothing
+
+
+def test_generator_sessions_keep_only_what_their_mode_needs():
+    from fastblt.runtime.generator import _slack
+
+    assert _slack("ar", {"draft_k": 4, "block_size": 8}) == 0
+    assert _slack("bltd", {"draft_k": 4, "block_size": 8}) == 0
+    assert _slack("blts", {"draft_k": 16, "block_size": 8}) == 16
+    assert _slack("bltdv", {"draft_k": 4, "block_size": 16}) == 16
+
+
 def _first_bytes(gen, mode, n, **kw):
     counts: dict[bytes, int] = {}
     for seed in range(n):
