@@ -61,6 +61,16 @@ def hf_checkpoint(path, threshold_text: bytes):
     return model
 
 
+def _draft_windows(text: str) -> list[int]:
+    try:
+        ks = [int(k) for k in text.split(",")]
+    except ValueError:
+        ks = []
+    if not ks or not all(1 <= k <= 64 for k in ks):
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated integers in [1, 64], e.g. 8,16")
+    return ks
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", choices=("trained", "random"), default="trained")
@@ -69,12 +79,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="fastblt runs per row; the median is reported")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (HF and fastblt torch)")
     ap.add_argument("--ort-threads", type=int, default=0, help="0: the ORT backend's per-graph default")
-    ap.add_argument("--draft-k", default="8,16",
+    ap.add_argument("--draft-k", type=_draft_windows, default="8,16",
                     help="BLT-S draft windows, comma-separated (the paper's best trade-off is k=16)")
     ap.add_argument("--rounds", type=int, default=3,
                     help="interleaved rounds of HF vs the fused FP32 rows, so machine drift hits both sides")
     args = ap.parse_args()
-    ks = [int(k) for k in args.draft_k.split(",")]
+    ks = args.draft_k
     torch.set_num_threads(args.threads)
     text = heldout_text(args.context + 4096)
     prompt = text[: args.context]
