@@ -138,7 +138,7 @@ class Session:
         if not (1 <= length <= self.length):
             raise ValueError(f"rollback length must be in [1, {self.length}], got {length}")
         short = [name for name in ("patcher", "encoder", "decoder") if not self.caches[name].sees_window_at(length)]
-        if length - 1 < self.logits_start or length < self.states_start or short:
+        if self.length - length > self.slack or length - 1 < self.logits_start or length < self.states_start or short:
             raise ValueError(f"cannot roll back {self.length - length} bytes: this session keeps {self.slack} "
                              "(Session(backend, slack=...))")
         self.draft_ids.clear()
