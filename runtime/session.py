@@ -98,15 +98,17 @@ class Session:
             raise ValueError(f"a sequence must start with BOS={host.BOS}; got id {int(new[0])}")
         if int(new.min()) < 0 or int(new.max()) >= cfg.vocab_size:
             raise ValueError(f"ids must lie in [0, {cfg.vocab_size})")
-        drafted = self._take_drafts(new)
-        reuse = drafted.shape[0]
+        drafted = self._take_drafts(new) if self.draft_ids else []  # AR commits skip this entirely
+        reuse = len(drafted)
         pos = np.arange(n0, n0 + t, dtype=np.int64)[None]
         ent = self._run("patcher", "patcher", {"ids": new[None], "positions": pos})["entropies"][0]
-        states = drafted
         if reuse < t:
             feeds = {"ids": new[None, reuse:], "hash_ids": self._hashes(new)[None, reuse:], "positions": pos[:, reuse:]}
-            fresh = self._run("encoder", "encoder", feeds)["states"][0]
-            states = fresh if reuse == 0 else np.concatenate([drafted, fresh])
+            states = self._run("encoder", "encoder", feeds)["states"][0]
+            if reuse:
+                states = np.concatenate([np.stack(drafted), states])
+        else:
+            states = np.stack(drafted)
         self.byte_steps["patcher"] += t
         self.byte_steps["encoder"] += t - reuse
         self.ids.extend(int(i) for i in new)
@@ -177,16 +179,15 @@ class Session:
         self.draft_ids.clear()
         self.draft_states.clear()
 
-    def _take_drafts(self, new: np.ndarray) -> np.ndarray:
+    def _take_drafts(self, new: np.ndarray) -> list[np.ndarray]:
         """Discard the drafts but keep the encoder's work on the leading ids they share with `new`: the encoder
         is causal and patch-free, so those cache entries and states are exactly what committing them computes
         (BLT-S's verify then encodes one byte instead of k+1). The decoder's draft rows used stale latents: dropped."""
         m = 0
         while m < min(len(self.draft_ids), new.size) and self.draft_ids[m] == new[m]:
             m += 1
-        states = np.stack(self.draft_states[:m]) if m else np.zeros((0, self.config.encoder.dim), np.float32)
-        if self.draft_ids:
-            self.discard_drafts(keep_encoded=m)
+        states = self.draft_states[:m]
+        self.discard_drafts(keep_encoded=m)
         return states
 
     def last_latent(self) -> np.ndarray:
