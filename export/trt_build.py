@@ -2,8 +2,8 @@
 
 An engine only runs on the GPU model, compute capability and TensorRT version it was built with, so every
 engine record carries those three plus the sha256 of its ONNX, and `check_engine` refuses a stale engine
-with the exact difference. Precision comes from the ONNX itself (Q/DQ nodes for int8/fp8, an FP16 graph for
-fp16) and the network is strongly typed: TensorRT 11 removed the FP16/INT8 builder flags and calibrators.
+with the exact difference. Precision comes from the ONNX itself (Q/DQ nodes for int8/fp8) and the network is
+strongly typed: TensorRT 11 removed the FP16/INT8 builder flags and calibrators.
 
 tensorrt and cuda-python are imported inside functions, so this module imports on any CPU machine.
 """
@@ -22,18 +22,22 @@ from fastblt.runtime.trt_device import (  # noqa: F401  (re-exported: the builde
     PRECISIONS,
     REBUILD,
     TRT_HINT,
+    DeviceError,
     DeviceInfo,
     EngineBuildError,
     EngineMismatchError,
     PrecisionError,
     check_engine,
     check_precision,
+    create,
     cuda_check,
     device_info,
     engine_key,
     import_cudart,
     import_tensorrt,
+    probe,
     require_device,
+    shared_logger,
     split_graph_key,
 )
 
@@ -96,10 +100,33 @@ def _timing_cache(config, path: Path | None):
     return cache
 
 
+def _profile(builder, spec: GraphSpec, ranges: dict, where: str):
+    """One optimization profile over every input; TensorRT raises (rather than returning False) on a bad range,
+    so each failure becomes an EngineBuildError naming the input and its shapes."""
+    profile = builder.create_optimization_profile()
+    for name, (low, opt, high) in profile_shapes(spec, ranges).items():
+        try:
+            ok = profile.set_shape(name, low, opt, high)
+        except Exception as exc:  # ValueError/RuntimeError/TypeError depending on the binding version
+            raise EngineBuildError(f"{where}: TensorRT refused the optimization profile of input {name!r} (min "
+                                   f"{low}, opt {opt}, max {high}): {exc}; each dim needs min <= opt <= max, and "
+                                   "static dims must equal the ONNX's") from exc
+        if ok is False:
+            raise EngineBuildError(f"{where}: TensorRT refused the optimization profile of input {name!r} (min "
+                                   f"{low}, opt {opt}, max {high})")
+    return profile
+
+
 def build_engine(onnx_path: str | Path, spec: GraphSpec, ranges: dict, precision: str, out_dir: str | Path,
-                 info: DeviceInfo, timing_cache_path: str | Path | None = None) -> dict:
-    """Build and write `<out_dir>/<key>.plan` for one graph; returns its engine record for the manifest."""
+                 info: DeviceInfo, timing_cache_path: str | Path | None = None, opt_level: int | None = None,
+                 workspace_bytes: int | None = None) -> dict:
+    """Build and write `<out_dir>/<key>.plan` for one graph; returns its engine record for the manifest.
+
+    `opt_level` is TensorRT's builder optimization level (0-5, default 3: lower builds faster, runs slower);
+    `workspace_bytes` caps the scratch memory the builder may use (Jetson shares it with the CPU)."""
     check_precision(precision, info)
+    if opt_level is not None and not (isinstance(opt_level, int) and 0 <= opt_level <= 5):
+        raise ValueError(f"opt_level={opt_level!r}: TensorRT's builder optimization level is an integer in 0..5")
     trt = import_tensorrt()
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     cache_path = Path(timing_cache_path) if timing_cache_path is not None else None
@@ -113,8 +140,8 @@ def build_engine(onnx_path: str | Path, spec: GraphSpec, ranges: dict, precision
         key_name = graph_key(spec.name)
     onnx_sha = sha256_file(onnx_path)
 
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
+    logger = shared_logger(trt)
+    builder = create(trt, "Builder")
     strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     network = builder.create_network(0 if strongly_typed is None else 1 << int(strongly_typed))
     parser = trt.OnnxParser(network, logger)
@@ -131,10 +158,13 @@ def build_engine(onnx_path: str | Path, spec: GraphSpec, ranges: dict, precision
     config = builder.create_builder_config()
     if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
         config.clear_flag(trt.BuilderFlag.TF32)  # fp32 means fp32: TF32 matmuls would drift from the reference
-    profile = builder.create_optimization_profile()
-    for name, (low, opt, high) in profile_shapes(spec, ranges).items():
-        profile.set_shape(name, low, opt, high)
-    config.add_optimization_profile(profile)
+    if opt_level is not None:
+        config.builder_optimization_level = opt_level
+    if workspace_bytes is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
+    where = f"{onnx_path} (graph {key_name!r})"
+    if config.add_optimization_profile(_profile(builder, spec, ranges, where)) < 0:
+        raise EngineBuildError(f"{where}: TensorRT rejected the optimization profile; see the TensorRT log above")
     cache = _timing_cache(config, cache_path)
 
     plan = builder.build_serialized_network(network, config)

@@ -8,6 +8,7 @@ TensorRT. Imported only by `load_backend("trt", ...)`; without tensorrt the impo
 from __future__ import annotations
 
 import hashlib
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from fastblt.runtime.trt_device import (
     REBUILD,
     TRT_HINT,
     check_engine,
+    create,
     cuda_check,
     import_cudart,
     require_device,
@@ -57,6 +59,15 @@ class _Engine:
         if (inputs, outputs) != (sorted(spec.input_names), sorted(spec.output_names)):
             raise BundleError(f"TensorRT engine {label}: tensors {inputs} -> {outputs} do not match graph "
                               f"{spec.name!r} ({list(spec.input_names)} -> {list(spec.output_names)}); {REBUILD}")
+        for name in names:  # every tensor here is a device buffer the host copies in and out
+            if engine.is_shape_inference_io(name):
+                raise BundleError(f"TensorRT engine {label}: tensor {name!r} is a shape tensor (its values feed "
+                                  "shape calculations), which this backend does not bind; export the graph so that "
+                                  f"shapes come from tensor dimensions only; {REBUILD}")
+            if engine.get_tensor_location(name) != trt.TensorLocation.DEVICE:
+                raise BundleError(f"TensorRT engine {label}: tensor {name!r} lives in host memory "
+                                  f"({engine.get_tensor_location(name)}), but this backend binds device buffers "
+                                  f"only; export the graph without host-side shape inputs; {REBUILD}")
         self.dtypes = {}
         for name in names:
             dtype = engine.get_tensor_dtype(name)
@@ -153,6 +164,9 @@ class TensorRTBackend:
     def __init__(self, source: str | Path | Manifest, precision: str | None = None, check: bool = True) -> None:
         self._engines: dict[str, _Engine] = {}
         self._stream = None
+        # One execution context, its grow-only buffers and the one stream are shared by all callers: two threads
+        # in `run` at once would overwrite each other's input shapes, buffers and outputs. Calls are serialized.
+        self._lock = threading.Lock()
         self.manifest = source if isinstance(source, Manifest) else Manifest.load(source)
         self.config = self.manifest.config
         self.specs = graph_specs(self.config)
@@ -160,7 +174,7 @@ class TensorRTBackend:
         info = require_device()
         records = [r for r in self.manifest.data.get("engines", []) if isinstance(r, dict)]
         self.precision = _pick_precision(self.manifest.root, records, precision)
-        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self._runtime = create(trt, "Runtime")
         self._stream = cuda_check(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate")
         self._handle = _native_handle(self._stream)
         try:
@@ -202,16 +216,21 @@ class TensorRTBackend:
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         resolve(self.specs, graph, feeds, self.check)
         key = graph_key(graph, feeds["states"].shape[1] if graph == "decoder_block" else None)
-        engine = self._engines.get(key)
-        if engine is None:
-            raise ValueError(f"no {self.precision} TensorRT engine for {key!r} (engines: {sorted(self._engines)}); "
-                             "export the bundle with this block size and rebuild its engines")
-        return engine.run(feeds, self._stream, self._handle)
+        with self._lock:
+            if self._stream is None:
+                raise RuntimeError("this TensorRT backend is closed")
+            engine = self._engines.get(key)
+            if engine is None:
+                raise ValueError(f"no {self.precision} TensorRT engine for {key!r} (engines: "
+                                 f"{sorted(self._engines)}); export the bundle with this block size and rebuild "
+                                 "its engines")
+            return engine.run(feeds, self._stream, self._handle)
 
     def close(self) -> None:
-        for engine in self._engines.values():
-            engine.free()
-        self._engines = {}
-        if self._stream is not None:
-            cudart.cudaStreamDestroy(self._stream)
-            self._stream = None
+        with self._lock:
+            for engine in self._engines.values():
+                engine.free()
+            self._engines = {}
+            if self._stream is not None:
+                cudart.cudaStreamDestroy(self._stream)
+                self._stream = None
