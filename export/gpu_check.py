@@ -48,14 +48,15 @@ def tolerances(refs: list[dict], tol: float, quant_error: dict[str, float] | Non
 
 
 def max_abs(got: list[dict], want: list[dict]) -> dict[str, float]:
-    """Largest |got - want| per output over paired calls (0 for empty tensors); shapes must agree."""
+    """Largest |got - want| per output over paired calls (0 for empty tensors, inf for NaN); shapes must agree."""
     out: dict[str, float] = {}
     for g, w in zip(got, want, strict=True):
         for name, ref in w.items():
             if g[name].shape != ref.shape:
                 raise ValueError(f"output {name!r}: shape {g[name].shape}, reference {ref.shape}")
             diff = np.abs(g[name].astype(np.float64) - ref.astype(np.float64))
-            out[name] = max(out.get(name, 0.0), float(diff.max()) if diff.size else 0.0)
+            worst = float(diff.max()) if diff.size else 0.0
+            out[name] = max(out.get(name, 0.0), float("inf") if np.isnan(worst) else worst)  # NaN: never passes
     return out
 
 
@@ -82,13 +83,13 @@ def narrow_ranges(ranges: dict, span: int) -> dict:
     return out
 
 
-def real_text(backend, n_prompts: int, new_bytes: int, limit: int):
+def real_text(backend, args):
     """Held-out prompts and each graph's real-text calls, recorded through `backend` in every mode."""
     from fastblt.export.calibration import prompts_from, record
     from fastblt.graphs.data import heldout_windows
 
-    prompts = prompts_from(heldout_windows(None, 256, n_prompts), n_prompts)
-    return prompts, record(backend, prompts, new_bytes=new_bytes, limit=limit).records
+    prompts = prompts_from(heldout_windows(None, 256, args.prompts), args.prompts, args.prompt_bytes)
+    return prompts, record(backend, prompts, new_bytes=args.new_bytes, limit=args.calls).records
 
 
 def run_modes(backend, reference, prompts: list[bytes], new_bytes: int, block: int, log) -> list[str]:
@@ -111,12 +112,13 @@ def run_modes(backend, reference, prompts: list[bytes], new_bytes: int, block: i
         rate = sum(len(r.bytes) for r in results) / max(sum(r.seconds - r.prefill_seconds for r in results), 1e-9)
         if not all(r.bytes or r.stop_reason == "eos" for r in results):
             failures.append(f"{backend.name} {mode}: generated no bytes")
-        log(f"  {mode:6s} {rate:10.1f} bytes/s   greedy bytes identical to ONNX Runtime on {same}/{len(prompts)} "
+        log(f"  {mode:6s} {rate:10.1f} bytes/s   greedy bytes identical to {reference.name} on {same}/{len(prompts)} "
             "prompts (information only)")
     return failures
 
 
-def _engine_records(work: Path, manifest: dict, precision: str, info, span: int, opt_level: int, log) -> list:
+def _engine_records(work: Path, manifest: dict, precision: str, info, span: int, opt_level: int,
+                    workspace: int | None, log) -> list:
     from fastblt.export.bundle import manifest_config
     from fastblt.export.trt_build import build_engine
     from fastblt.graphs.spec import dim_ranges, graph_specs
@@ -130,7 +132,8 @@ def _engine_records(work: Path, manifest: dict, precision: str, info, span: int,
         start = time.perf_counter()
         ranges = narrow_ranges(dim_ranges(cfg, entry["block_size"]), span)
         record = build_engine(work / entry["files"][precision]["path"], specs[entry["graph"]], ranges, precision,
-                              work / "engines", info, work / "engines" / "timing.cache", opt_level=opt_level)
+                              work / "engines", info, work / "engines" / "timing.cache", opt_level=opt_level,
+                              workspace_bytes=workspace)
         record["graph_key"], record["path"] = key, f"engines/{record['path']}"
         records.append(record)
         log(f"  built {key} ({precision}) in {time.perf_counter() - start:.1f} s")
@@ -153,13 +156,14 @@ def check_tensorrt(bundle: Path, precisions: list[str], info, args, log) -> list
         work = Path(shutil.copytree(bundle, Path(tmp) / "bundle", ignore=shutil.ignore_patterns("engines")))
         data = Manifest.load(work).data
         reference = OrtBackend(work, "fp32", layout="standard")
-        prompts, calls = real_text(reference, args.prompts, args.new_bytes, args.calls)
+        prompts, calls = real_text(reference, args)
         span = max(len(p) for p in prompts) + args.new_bytes + 128  # + BOS, drafts/blocks, slack
         data["engines"] = []
         for precision in precisions:
             log(f"building {precision} engines (builder optimization level {args.opt_level}, lengths <= {span})")
             try:
-                data["engines"] += _engine_records(work, data, precision, info, span, args.opt_level, log)
+                workspace = args.workspace_mib << 20 if args.workspace_mib else None
+                data["engines"] += _engine_records(work, data, precision, info, span, args.opt_level, workspace, log)
             except Exception as exc:
                 failures.append(f"{precision} engine build: {type(exc).__name__}: {exc}")
                 log(f"  FAILED: {exc}")
@@ -178,7 +182,7 @@ def check_tensorrt(bundle: Path, precisions: list[str], info, args, log) -> list
             try:
                 failures += _compare_graphs(engines, ort_p, calls, precision, args, log)
                 log(f"{precision} engines, four modes ({len(prompts)} prompts, {args.new_bytes} new bytes):")
-                failures += run_modes(engines, ort_p, prompts, args.new_bytes, _block(data), log)
+                failures += run_modes(engines, ort_p, prompts, args.new_bytes, _block(data["block_sizes"]), log)
             finally:
                 engines.close()
     return failures
@@ -202,15 +206,14 @@ def _compare_graphs(backend, ort_p, calls: dict, precision: str, args, log) -> l
     return failures
 
 
-def _block(manifest: dict) -> int:
-    sizes = manifest.get("block_sizes") or [8]
+def _block(sizes) -> int:
+    """The block size the check runs BLT-D/BLT-DV with: 8 where the bundle has it."""
+    sizes = list(sizes) or [8]
     return 8 if 8 in sizes else sizes[0]
 
 
 class TorchCudaBackend:
     """The torch reference graphs on a CUDA device (numpy in and out), for machines without TensorRT."""
-
-    name = "torch-cuda"
 
     def __init__(self, model, device: str = "cuda") -> None:
         import torch
@@ -219,6 +222,7 @@ class TorchCudaBackend:
         from fastblt.graphs.spec import graph_specs
 
         self.torch, self.device = torch, torch.device(device)
+        self.name = f"torch-{self.device.type}"
         self.model = model.eval().to(self.device)
         self.config = model.config
         self.specs = graph_specs(self.config)
@@ -237,33 +241,43 @@ class TorchCudaBackend:
         self.graphs = {}
 
 
+def check_against(backend, reference, args, log) -> list[str]:
+    """`backend` vs `reference` (both fp32) on the real-text calls recorded through `reference`, within the fp32
+    tolerance, then the four modes on `backend`; returns the failures."""
+    prompts, calls = real_text(reference, args)
+    failures = []
+    for key, pairs in sorted(calls.items()):
+        graph, _ = split_graph_key(key)
+        want = [o for _, o in pairs]
+        try:
+            got = [backend.run(graph, f) for f, _ in pairs]
+        except Exception as exc:
+            failures.append(f"{key} ({backend.name}): {type(exc).__name__}: {exc}")
+            log(f"  {key}: FAILED: {exc}")
+            continue
+        failures += compare(f"{key} ({backend.name})", got, want, tolerances(want, args.tol), log)
+    log(f"{backend.name}, four modes ({len(prompts)} prompts, {args.new_bytes} new bytes):")
+    return failures + run_modes(backend, reference, prompts, args.new_bytes, _block(reference.config.block_sizes),
+                                log)
+
+
 def check_torch_cuda(bundle: Path, model, args, log, device: str = "cuda") -> list[str]:
-    """fp32 torch graphs of `model` on `device` (TF32 off) vs the bundle's ONNX Runtime fp32 graphs on real-text
-    calls, then the four modes. `model` must be the checkpoint the bundle was exported from."""
+    """fp32 torch graphs of `model` on `device` (TF32 off) vs the bundle's ONNX Runtime fp32 graphs (CPU EP).
+    `model` must be the checkpoint the bundle was exported from."""
     import torch
 
     from fastblt.runtime.backends.ort import OrtBackend
     from fastblt.runtime.manifest import Manifest
 
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
     manifest = Manifest.load(bundle)
     if model.config != manifest.config:
         return [f"the checkpoint is not the one {bundle} was built from (configs differ); pass --checkpoint"]
-    reference = OrtBackend(manifest, "fp32", layout="standard")
-    prompts, calls = real_text(reference, args.prompts, args.new_bytes, args.calls)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     backend = TorchCudaBackend(model, device)
     where = torch.cuda.get_device_name(0) if backend.device.type == "cuda" else str(backend.device)
     log(f"torch on {where} (fp32, TF32 off) vs ONNX Runtime fp32 (CPU EP), real-text calls:")
-    failures = []
-    for key, pairs in sorted(calls.items()):
-        graph, _ = split_graph_key(key)
-        want = [o for _, o in pairs]
-        got = [backend.run(graph, f) for f, _ in pairs]
-        failures += compare(f"{key} (torch {backend.device.type})", got, want, tolerances(want, args.tol), log)
-    log(f"torch on {backend.device.type}, four modes ({len(prompts)} prompts, {args.new_bytes} new bytes):")
-    failures += run_modes(backend, reference, prompts, args.new_bytes, _block(manifest.data), log)
-    return failures
+    return check_against(backend, OrtBackend(manifest, "fp32", layout="standard"), args, log)
 
 
 def _torch_cuda() -> str | None:
@@ -296,7 +310,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="checkpoint the bundle was built from (torch-on-CUDA fallback only)")
     p.add_argument("--precision", default="fp32,int8", help="engine precisions to build and check")
     p.add_argument("--opt-level", type=int, default=1, choices=range(6), help="TensorRT builder optimization level")
+    p.add_argument("--workspace-mib", type=int, default=None,
+                   help="cap on the builder's scratch GPU memory (Jetson: it shares memory with the CPU)")
     p.add_argument("--prompts", type=int, default=2, help="held-out prompts")
+    p.add_argument("--prompt-bytes", type=int, default=96, help="bytes per prompt")
     p.add_argument("--new-bytes", type=int, default=64, help="bytes generated per prompt and mode")
     p.add_argument("--calls", type=int, default=24, help="real-text calls compared per graph")
     p.add_argument("--tol", type=float, default=1e-4,
@@ -305,8 +322,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--margin", type=float, default=2.0,
                    help="quantized engines may also differ by margin x ONNX Runtime's own quantization error")
     args = p.parse_args(argv)
-    if args.prompts < 1 or args.new_bytes < 1 or args.calls < 1:
-        p.error("--prompts, --new-bytes and --calls must be >= 1")
+    if min(args.prompts, args.prompt_bytes, args.new_bytes, args.calls, args.workspace_mib or 1) < 1:
+        p.error("--prompts, --prompt-bytes, --new-bytes, --calls and --workspace-mib must be >= 1")
     return args
 
 
