@@ -44,5 +44,14 @@ bench: $(VENV)/.installed-dev $(BUNDLE)/manifest.json
 	$(BIN)/python benchmarks/backends.py
 	$(BIN)/python benchmarks/backends.py --weights random
 
+# The first run on a machine with an NVIDIA GPU: installs TensorRT (TRT_EXTRA=trt: CUDA 13, driver >= 580;
+# TRT_EXTRA=trt-cu12 for older drivers; TRT_EXTRA= keeps the installed one, e.g. JetPack's), then builds,
+# compares and runs the default bundle's fp32 and int8 engines (docs/tensorrt.md). Exit status 2: no GPU.
+TRT_EXTRA ?= trt
+.PHONY: gpu-check
+gpu-check: $(VENV)/.installed-run $(BUNDLE)/manifest.json
+	$(if $(TRT_EXTRA),$(PIP) install -e '.[$(TRT_EXTRA)]')
+	$(BIN)/python -m fastblt.export.gpu_check --bundle $(BUNDLE)
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .cache
