@@ -66,7 +66,7 @@ def compare(label: str, got: list[dict], want: list[dict], atol: dict[str, float
     bad = [f"{label}:{n} max|Δ|={e:.3g} > {atol[n]:.3g}" for n, e in err.items() if not e <= atol[n]]
     worst = max((e / atol[n] if atol[n] else float("inf") for n, e in err.items()), default=0.0)
     log(f"  {label}: {'ok' if not bad else 'FAILED'} ({len(want)} real-text calls, worst output at "
-        f"{worst:.2f}x its tolerance)")
+        f"{worst:.2g}x its tolerance)")
     return bad
 
 
