@@ -19,7 +19,7 @@ $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e '.[dev,export,cpu,quant]'
+	$(PIP) install -e '.[dev,export,cpu,quant,serve,ray]'
 	$(PIP) install --no-deps nvidia-modelopt==0.47.0
 	touch $@ $(VENV)/.installed-run
 

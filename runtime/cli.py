@@ -127,5 +127,29 @@ def compare(prompt, checkpoint, bundle, backend, precision, max_new_bytes):
                    f"{acc} | `{preview}` |")
 
 
+@main.command()
+@click.option("--checkpoint", type=click.Path(), help="Checkpoint directory (torch backend).")
+@click.option("--bundle", type=click.Path(), help="Bundle directory from `blt-export build` (ort/trt backends).")
+@click.option("--backend", type=click.Choice(BACKENDS), default=None, help="Default: ort with --bundle, else torch.")
+@click.option("--precision", default="fp32", show_default=True, help="Bundle precision (ort/trt).")
+@click.option("--threads", type=int, default=None, help="Backend threads per graph call (default: the backend's).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--workers", type=int, default=1, show_default=True, help="Requests generating at once.")
+@click.option("--max-queue", type=int, default=16, show_default=True, help="Requests waiting beyond that get 429.")
+@click.option("--max-new-bytes-cap", type=int, default=4096, show_default=True, help="Largest max_tokens (bytes).")
+@click.option("--model-name", default=None, help="Model id clients send (default: the bundle/checkpoint folder name).")
+def serve(checkpoint, bundle, backend, precision, threads, host, port, workers, max_queue, max_new_bytes_cap,
+          model_name):
+    """OpenAI-compatible completions server (/v1/completions, /v1/models, /health, /metrics)."""
+    try:
+        from fastblt.runtime.serve import server
+
+        server.serve(server.ModelSource(bundle, checkpoint, backend, precision, threads), host, port, workers,
+                     max_queue, max_new_bytes_cap, model_name)
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 if __name__ == "__main__":
     sys.exit(main())
