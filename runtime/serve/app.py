@@ -88,9 +88,9 @@ def create_app(generator, config: ServeConfig = ServeConfig()) -> FastAPI:
         try:
             req = p.parse_completion(await request.body(), limits)
             mode = req.mode
-            if mode in ("bltd", "bltdv") and req.options["block_size"] not in block_sizes:
-                raise p.APIError(400, f"block_size={req.options['block_size']} is not in this model's bundle; "
-                                 f"it has block sizes {block_sizes}", param="block_size")
+            if mode in ("bltd", "bltdv") and block_sizes and req.options["block_size"] not in block_sizes:
+                raise p.APIError(400, f"block_size={req.options['block_size']} is not served: this model (its "
+                                 f"bundle) has block sizes {block_sizes}", param="block_size")
             try:
                 events = generator.stream(req.prompt, **req.options)
             except ValueError as e:
