@@ -39,10 +39,10 @@ test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
+# The default benchmark set (graphs, decode, quality, paper, HF anchor): Markdown on stdout, then
+# benchmarks/results/bench.{json,md} and bench/*.png; `blt-bench report` renders a saved run again.
 bench: $(VENV)/.installed-dev $(BUNDLE)/manifest.json
-	$(BIN)/python benchmarks/context_scaling.py --bundle $(BUNDLE)
-	$(BIN)/python benchmarks/backends.py
-	$(BIN)/python benchmarks/backends.py --weights random
+	$(BIN)/blt-bench all --bundle $(BUNDLE) --out benchmarks/results
 
 # The first run on a machine with an NVIDIA GPU: installs TensorRT (TRT_EXTRA=trt: CUDA 13, driver >= 580;
 # TRT_EXTRA=trt-cu12 for older drivers; TRT_EXTRA= keeps the installed one, e.g. JetPack's), then builds,
