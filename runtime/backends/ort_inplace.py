@@ -8,9 +8,17 @@ only when the KVCache reallocates (the unbounded global cache grows by doubling)
 One-row calls (every decode step of patcher, encoder and decoder_step) take a second binding whose inputs and
 outputs are fixed numpy buffers bound once: a call copies its few values in and its result out, instead of
 binding every tensor anew (measured 18-45 µs less per call on this CPU, against 50-400 µs graphs).
+
+Bindings and bound buffers belong to the KVCache they serve (one per session and graph, held in a weak-keyed
+map, made on the session's first call): one loaded model serves concurrent sessions, since ORT's Run is
+thread-safe but an IO binding, and a buffer bound into it, is one caller's at a time. Keyed by cache rather
+than by thread, a session keeps its bindings when it moves between threads (streaming servers) and two
+sessions interleaved on one thread never rebind each other's caches; they go when the session does.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import numpy as np
 import onnxruntime as ort
@@ -30,24 +38,27 @@ class InPlaceGraph:
         # what the caller feeds: the standard graph's inputs without its cache (checked the same clear way)
         self.host_spec = GraphSpec(spec.name, plain, tuple(o for o in spec.outputs if o.name in self.outputs),
                                    spec.stack)
-        self.binding = session.io_binding()
-        self._bound: tuple[np.ndarray, np.ndarray] | None = None
-        self._values: list[ort.OrtValue] = []
-        self.row = _OneRow(session, self.host_spec, self.caches) if _one_row_shapes(self.host_spec) else None
+        self.row = _one_row_shapes(self.host_spec)  # None: an axis besides t is dynamic, no one-row path
+        self._bindings: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # KVCache -> _Bindings
 
     def run(self, feeds: dict[str, np.ndarray], cache, keep: bool, check: bool) -> dict[str, np.ndarray]:
         if check:
             check_feeds(self.host_spec, feeds)
         t = feeds[self.host_spec.inputs[0].name].shape[1]  # new rows: bytes, or patches for `global`
         cache.reserve(t)
+        state = self._bindings.get(cache)
+        if state is None:
+            state = self._bindings[cache] = _Bindings(self.session)
         if t == 1 and self.row is not None:
-            out = self.row.run(feeds, cache)
+            if state.row is None:
+                state.row = _OneRow(self.session, self.host_spec, self.caches, self.row)
+            out = state.row.run(feeds, cache)
             if keep:
                 cache.advance(1)
             return out
-        if self._bound is None or self._bound[0] is not cache.k or self._bound[1] is not cache.v:
-            self._bind(cache)
-        binding = self.binding
+        if state.bound is None or state.bound[0] is not cache.k or state.bound[1] is not cache.v:
+            self._bind(state, cache)
+        binding = state.binding
         for name, arr in feeds.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(arr))
         binding.bind_cpu_input("past_length", np.array([cache.length], dtype=np.int32))
@@ -60,13 +71,23 @@ class InPlaceGraph:
             cache.advance(t)
         return out
 
-    def _bind(self, cache) -> None:
+    def _bind(self, state: _Bindings, cache) -> None:
         """Bind the outputs first, then the cache buffers: get_outputs lists them in that order."""
-        self.binding.clear_binding_outputs()
+        state.binding.clear_binding_outputs()
         for name in self.outputs:
-            self.binding.bind_output(name)
-        self._values = _bind_caches(self.binding, self.caches, cache)
-        self._bound = (cache.k, cache.v)
+            state.binding.bind_output(name)
+        state.values = _bind_caches(state.binding, self.caches, cache)
+        state.bound = (cache.k, cache.v)
+
+
+class _Bindings:
+    """One cache's bindings: the general one (inputs bound per call) and, once used, the one-row path."""
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self.binding = session.io_binding()
+        self.bound: tuple[np.ndarray, np.ndarray] | None = None
+        self.values: list[ort.OrtValue] = []  # the bound cache OrtValues, kept alive with the binding
+        self.row: _OneRow | None = None
 
 
 def _one_row_shapes(spec: GraphSpec) -> dict[str, tuple[int, ...]] | None:
@@ -84,8 +105,8 @@ class _OneRow:
     """The t = 1 call on fixed, bound-once input and output buffers (plus the cache buffers, rebound when
     the KVCache reallocates). Results are returned as copies, so nothing aliases the next call's output."""
 
-    def __init__(self, session: ort.InferenceSession, spec: GraphSpec, caches: list[str]) -> None:
-        shapes = _one_row_shapes(spec)
+    def __init__(self, session: ort.InferenceSession, spec: GraphSpec, caches: list[str],
+                 shapes: dict[str, tuple[int, ...]]) -> None:
         self.session, self.caches = session, caches
         self.binding = session.io_binding()
         self.inputs = {ts.name: np.zeros(shapes[ts.name], _NP[ts.dtype]) for ts in spec.inputs}
