@@ -259,20 +259,21 @@ def all_cmd(bundle, checkpoint, backend, precision, device, out, quiet, with_anc
 
 
 @main.command("report")
-@click.argument("results", type=click.Path())
+@click.argument("results", type=click.Path(), nargs=-1, required=True)
 @click.option("--md", type=click.Path(), default=None,
               help="Markdown to write (default: next to RESULTS); plots go to a folder of the same name.")
 @click.option("--note", default=None, help="A line to print under the machine (e.g. why settings were reduced).")
 @click.option("--quiet", is_flag=True)
 def report_cmd(results, md, note, quiet):
-    """Render a saved RESULTS.json again as Markdown + plots (e.g. --md docs/benchmarks.md)."""
+    """Render saved RESULTS.json files again as Markdown + plots (e.g. --md docs/benchmarks.md); several files
+    (one per subcommand run) are merged into one report."""
     from fastblt.benchmarks import report
 
     try:
-        data = report.load(Path(results))
+        data = report.merge([report.load(Path(r)) for r in results])
         if note:
             data["note"] = note
-        path = report.write(data, Path(md) if md else Path(results).with_suffix(".md"), quiet)
+        path = report.write(data, Path(md) if md else Path(results[0]).with_suffix(".md"), quiet)
     except (BenchError, ImportError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"wrote {path} and {path.with_suffix('')}/*.png", err=True)

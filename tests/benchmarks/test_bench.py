@@ -87,6 +87,8 @@ def test_decode_and_report(bundle, tmp_path):
     rendered = again.read_text()
     assert rendered == (tmp_path / "decode.md").read_text().replace("(decode/", "(report/")
     assert (again.parent / "report" / "bytes_per_s.png").read_bytes().startswith(PNG)
+    clash = _run(["report", tmp_path / "decode.json", tmp_path / "decode.json", "--md", again], ok=False).output
+    assert "appear in more than one results file" in clash
 
 
 def test_quality(bundle, tmp_path):
@@ -141,7 +143,7 @@ def test_bad_input(bundle, tmp_path):
 
 def test_prompts_are_held_out():
     heldout = {d.read()[:64] for d in corpus_documents(None, "heldout")}
-    train = {d.read()[:64] for d in corpus_documents(None, "train")[:400]}
+    train = {d.read()[:64] for d in corpus_documents(None, "train")[:200]}
     for p in heldout_prompts(3, 512):
         assert p[:64] in heldout and p[:64] not in train
 
