@@ -109,7 +109,7 @@ def render(section: dict) -> str:
     out = [f"Eq. 8 recomputed from N_dec and N_enc of all {sum(t['rows'] for t in tables.values())} transcribed rows "
            f"of the paper's Tables 3–10 (1B: P_enc 19M, P_glob 1.28B, P_dec 160M; 3B: 26M, 2.82B, 160M) matches "
            f"the paper's BW column within {worst:.1f}% (NFEs are rounded averages in the tables):", "",
-           table(["table", "rows", "max |Δ| %"], [[k, t["rows"], f"{t['max_abs_error_pct']:.2f}"]
+           table(["table", "rows", "max abs. Δ %"], [[k, t["rows"], f"{t['max_abs_error_pct']:.2f}"]
                                                   for k, t in tables.items()])]
     paper = {(r["size"], r["spec"]): paper_per_byte(r) for r in section["paper_rows"] if r["task"] == task}
     p = section["params"]
