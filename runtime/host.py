@@ -1,7 +1,7 @@
 """Host-side integer bookkeeping (numpy, no torch): byte ids, hash n-gram ids, patch boundaries, patch ids.
 
 This is the one torch-free implementation the runtime uses between graph calls. The int64 hash is computed
-here, not in a graph, because ONNX Runtime and TensorRT do not reproduce int64 wrap-around (blt-model.md §9).
+here, not in a graph, because ONNX Runtime and TensorRT do not reproduce int64 wrap-around (docs/architecture.md).
 """
 
 from __future__ import annotations

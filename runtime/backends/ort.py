@@ -2,10 +2,9 @@
 
 Sessions are tuned for small-batch decoding: sequential execution, full graph optimization (BASIC for FP8
 Q/DQ graphs, which ORT's CPU fusions break), and by default one intra-op thread for the byte-level graphs
-(tiny ops, where a second thread only adds synchronisation: measured 1.4× slower on 2 cores) but two for
-the global transformer, whose weight-bound matmuls gain (measured 1.19 → 0.90 ms per call at 256 patches of
-context). Which providers a session really got is checked with `get_providers()`, not
-`get_available_providers()`.
+(tiny ops, where a second thread only adds synchronisation) but two for the global transformer, whose
+weight-bound matmuls gain (measurements in docs/architecture.md). Which providers a session really got is
+checked with `get_providers()`, not `get_available_providers()`.
 
 On CPU, bundles carry a second, fused layout of patcher/encoder/global/decoder_step (one GroupQueryAttention
 per layer over a cache updated in place, see graphs/incremental/fused.py); `layout="auto"` uses it when the

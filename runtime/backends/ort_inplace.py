@@ -7,7 +7,7 @@ only when the KVCache reallocates (the unbounded global cache grows by doubling)
 
 One-row calls (every decode step of patcher, encoder and decoder_step) take a second binding whose inputs and
 outputs are fixed numpy buffers bound once: a call copies its few values in and its result out, instead of
-binding every tensor anew (measured 18-45 µs less per call on this CPU, against 50-400 µs graphs).
+binding every tensor anew: at one row, binding costs a noticeable share of the call (docs/architecture.md).
 
 Bindings and bound buffers belong to the KVCache they serve (one per session and graph, held in a weak-keyed
 map, made on the session's first call): one loaded model serves concurrent sessions, since ORT's Run is
