@@ -143,7 +143,7 @@ def model_card(cfg: BltConfig, record: dict) -> str:
         "| one-step all-masked byte accuracy (inference layout) | "
         + ", ".join(f"B={b}: {a:.3f}" for b, a in acc.items()) + " |",
         "",
-        "Reproduce the held-out number on every held-out byte: `blt-export eval` (see the README).",
+        "Reproduce the held-out number on every held-out byte: `blt-export eval` (docs/training.md).",
         "",
     ]
     return "\n".join(lines)
