@@ -1,4 +1,4 @@
-"""The BLT-D training objective (decoding-modes.md §1.2): next-byte loss plus block-diffusion loss.
+"""The BLT-D training objective (docs/training.md): next-byte loss plus block-diffusion loss.
 
 One block of B bytes starts at every patch start s_i (i ≥ 1). Its bytes are masked with probability t
 (one t ~ U(0,1) per sequence) and the decoder predicts them, weighted 1/t. Block rows run through the very
@@ -92,8 +92,10 @@ def block_hash_ids(model, ids_full: torch.Tensor, blocks: Blocks, noisy: torch.T
     return model.hash_ids(ctx)[:, gmax - 1:].reshape(b, nb * bsz, -1)
 
 
-def block_logits(model, ids_full, details, blocks: Blocks, noisy: torch.Tensor) -> torch.Tensor:
-    """Decoder logits [b, nb, B, V] of the (noisy) blocks, through encoder-scratch + decoder-block cores."""
+def block_logits(model, ids_full, details, blocks: Blocks, noisy: torch.Tensor,
+                 bidirectional: bool = True) -> torch.Tensor:
+    """Decoder logits [b, nb, B, V] of the (noisy) blocks, through encoder-scratch + decoder-block cores
+    (block rows bidirectional for diffusion, causal for drafting)."""
     cfg = model.config
     b, nb, bsz = noisy.shape
     n = details["states"].shape[1]
@@ -107,14 +109,41 @@ def block_logits(model, ids_full, details, blocks: Blocks, noisy: torch.Tensor) 
     memory = memory.repeat_interleave(bsz, dim=1)
     dec_bias = block_bias(blocks, n, cfg.decoder.window)
     logits, _, _ = model.decoder_step(states, positions, memory, dec_bias, *details["decoder_kv"],
-                                      inner=inner_bias(bsz, True))
+                                      inner=inner_bias(bsz, bidirectional))
     return logits.view(b, nb, bsz, -1)
+
+
+@torch.no_grad()
+def greedy_targets(model, ids_full, details, blocks: Blocks) -> torch.Tensor:
+    """The model's own greedy continuation [b, nb, B] from each block start: the first byte from the clean
+    pass (exact), the rest drafted causally with the block's latent held fixed (BLT-S's stale conditioning,
+    which greedy verification accepts ~94% of the time on the default model). These are the bytes BLT-DV and
+    BLT-S verification accept, so training the block rows on them makes drafts that get accepted."""
+    cfg = model.config
+    b, nb = blocks.start.shape
+    banned = [i for i in (cfg.mask_id, cfg.pad_id) if i is not None]
+    rows = torch.arange(b, device=ids_full.device)[:, None]
+
+    def pick(logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.float().clone()
+        logits[..., banned] = float("-inf")
+        return logits.argmax(-1)
+
+    roll = torch.full_like(blocks.target, cfg.mask_id)
+    roll[..., 0] = pick(details["logits"][rows, (blocks.start - 1).clamp(min=0)])
+    for j in range(1, blocks.size):
+        roll[..., j] = pick(block_logits(model, ids_full, details, blocks, roll, bidirectional=False)[..., j - 1, :])
+    return torch.where(blocks.target != cfg.pad_id, roll, cfg.pad_id)
 
 
 def bltd_loss(model, ids_full: torch.Tensor, block_size: int, entropies: torch.Tensor | None = None,
               gen: torch.Generator | None = None, t: torch.Tensor | None = None,
-              mask_weight: float = 1.0) -> dict[str, torch.Tensor]:
-    """L = L_clean + λ·L_mask on a batch of n+1 ids (the last id is only a target); λ = 1 is the paper's sum."""
+              mask_weight: float = 1.0, distill: float = 0.0) -> dict[str, torch.Tensor]:
+    """L = L_clean + λ·L_mask on a batch of n+1 ids (the last id is only a target); λ = 1 is the paper's sum.
+
+    `distill`: the fraction of sequences whose block targets are the model's own greedy continuation
+    (`greedy_targets`) instead of the data; L_clean always stays on the data, so next-byte prediction keeps
+    learning the text while the block rows learn what verification accepts."""
     cfg = model.config
     if cfg.mask_id is None or cfg.pad_id is None:
         raise ValueError("BLT-D training needs mask_id and pad_id in the config (vocab_size ≥ 262)")
@@ -126,6 +155,11 @@ def bltd_loss(model, ids_full: torch.Tensor, block_size: int, entropies: torch.T
     clean = (ce * clean_ok).sum() / clean_ok.sum().clamp(min=1)
     blocks = make_blocks(details["starts"], ids_full, block_size, cfg.pad_id)
     b = ids.shape[0]
+    if distill > 0:
+        chosen = torch.rand(b, generator=gen, device=ids.device) < distill
+        if chosen.any():
+            greedy = greedy_targets(model, ids_full, details, blocks)
+            blocks.target = torch.where(chosen[:, None, None], greedy, blocks.target)
     if t is None:
         t = torch.rand(b, generator=gen, device=ids.device).clamp(min=1e-3)
     noisy, masked = noise(blocks, t, cfg.mask_id, cfg.pad_id, gen)

@@ -50,6 +50,7 @@ class TrainConfig:
     block_sizes: tuple[int, ...] = (4, 8, 16)
     block_probs: tuple[float, ...] = (0.4, 0.4, 0.2)
     mask_weight: float = 1.0  # λ in L_clean + λ·L_mask; 1 is the paper's unweighted sum
+    distill: float = 0.0  # fraction of sequences whose block targets are the model's greedy continuation
     corpora: tuple[str, ...] = ("stdlib",)
     eval_every: int = 250
     eval_windows: int = 48
@@ -76,6 +77,8 @@ class TrainConfig:
                                      "row must see its whole block")
             if len(self.block_probs) != len(self.block_sizes) or abs(sum(self.block_probs) - 1) > 1e-6:
                 raise TrainError("block_probs must give one probability per block size, summing to 1")
+            if not 0.0 <= self.distill <= 1.0:
+                raise TrainError(f"distill={self.distill!r} must be a fraction in [0, 1]")
             if not self.mask_weight > 0:
                 raise TrainError(f"mask_weight={self.mask_weight!r} must be > 0 (the decoder must learn to unmask; "
                                  "1.0 is the paper's unweighted L_clean + L_mask)")
@@ -99,9 +102,9 @@ def trainable_prefixes(objective: str) -> tuple[str, ...]:
 class Objective(nn.Module):
     """The loss as a module, so DistributedDataParallel can wrap it."""
 
-    def __init__(self, model, objective: str, mask_weight: float = 1.0) -> None:
+    def __init__(self, model, objective: str, mask_weight: float = 1.0, distill: float = 0.0) -> None:
         super().__init__()
-        self.model, self.objective, self.mask_weight = model, objective, mask_weight
+        self.model, self.objective, self.mask_weight, self.distill = model, objective, mask_weight, distill
 
     def forward(self, ids_full: torch.Tensor, block_size: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
         model, pad = self.model, self.model.config.pad_id
@@ -120,7 +123,7 @@ class Objective(nn.Module):
             pos = torch.arange(ids.shape[1]).expand_as(ids)
             entropies, _, _ = model.patcher_step(ids, pos, *model.patcher.empty_cache(ids.shape[0], ids))
         return bltd_loss(model, ids_full, block_size, entropies=entropies.float(), gen=gen,
-                         mask_weight=self.mask_weight)
+                         mask_weight=self.mask_weight, distill=self.distill)
 
 
 def _causal(cfg, pos):
@@ -158,7 +161,7 @@ class Trainer:
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.cfg.weight_decay},
                                       {"params": no_decay, "weight_decay": 0.0}],
                                      lr=self.cfg.lr, betas=self.cfg.betas, eps=1e-8)
-        self.objective = Objective(self.model, self.cfg.objective, self.cfg.mask_weight)
+        self.objective = Objective(self.model, self.cfg.objective, self.cfg.mask_weight, self.cfg.distill)
         self.step = 0
         self.bytes_seen = 0
         self.seconds = 0.0

@@ -9,6 +9,7 @@ import click
 
 from fastblt.runtime.backends import BACKENDS
 from fastblt.runtime.modes import MODES
+from fastblt.runtime.session import BLOCK_STARTS
 from fastblt.runtime.unmask import EB_VARIANTS, ORDERS, UnmaskConfig
 
 
@@ -32,6 +33,9 @@ def main() -> None:
 @click.option("--stop", multiple=True, help="Stop string (repeatable).")
 @click.option("--block-size", type=int, default=8, show_default=True, help="BLT-D/BLT-DV block size B.")
 @click.option("--draft-k", type=int, default=4, show_default=True, help="BLT-S draft window k.")
+@click.option("--block-start", type=click.Choice(BLOCK_STARTS), default=None,
+              help="BLT-D/BLT-DV blocks start at the open patch's start (as trained; BLT-DV default) or after the "
+                   "sequence with the open patch closed by force (the paper's; BLT-D default).")
 @click.option("--alpha", type=float, default=None, help="Unmask by confidence > ALPHA (BLT-D default 0.7).")
 @click.option("--gamma", type=float, default=None, help="Unmask by entropy bound GAMMA (nats).")
 @click.option("--one-step", is_flag=True, help="Unmask the whole block in one step (BLT-DV default).")
@@ -41,7 +45,7 @@ def main() -> None:
               help="left_to_right keeps sampled multi-step BLT-DV exactly lossless.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming text.")
 def generate(prompt, checkpoint, bundle, backend, precision, mode, max_new_bytes, temperature, top_k, top_p, seed,
-             stop, block_size, draft_k, alpha, gamma, one_step, eb_variant, order, as_json):
+             stop, block_size, draft_k, block_start, alpha, gamma, one_step, eb_variant, order, as_json):
     """Generate a continuation of PROMPT (empty: start from BOS)."""
     import fastblt.runtime as rt
 
@@ -62,7 +66,7 @@ def generate(prompt, checkpoint, bundle, backend, precision, mode, max_new_bytes
         gen = rt.load(bundle or checkpoint, backend=backend, **({"precision": precision} if backend != "torch" else {}))
         options = dict(mode=mode, max_new_bytes=max_new_bytes, temperature=temperature, top_k=top_k,
                        top_p=top_p, seed=seed, stop=list(stop), block_size=block_size, draft_k=draft_k,
-                       unmask=unmask)
+                       unmask=unmask, block_start=block_start)
         if as_json:
             result = gen.generate(prompt, **options)
             click.echo(json.dumps(result.to_dict(), ensure_ascii=False))

@@ -9,11 +9,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from fastblt.graphs.params import param_counts
 from fastblt.runtime import host
-from fastblt.runtime.counters import Counters
+from fastblt.runtime.counters import Counters, bandwidth_gb
 from fastblt.runtime.modes import MODES
 from fastblt.runtime.sampling import Sampler, SamplingConfig
-from fastblt.runtime.session import Session
+from fastblt.runtime.session import BLOCK_STARTS, Session
 from fastblt.runtime.unmask import UnmaskConfig
 
 MAX_NEW_BYTES_LIMIT = 1 << 20
@@ -49,6 +50,7 @@ class Generator:
     def __init__(self, backend) -> None:
         self.backend = backend
         self.config = backend.config
+        self.params = param_counts(self.config)  # P per component, for the bandwidth counters
 
     def close(self) -> None:
         self.backend.close()
@@ -56,12 +58,15 @@ class Generator:
     def stream(self, prompt: str | bytes = b"", mode: str = "ar", max_new_bytes: int = 256,
                temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
                stop: list[str | bytes] | None = None, block_size: int = 8, draft_k: int = 4,
-               unmask: UnmaskConfig | None = None) -> Iterator[dict]:
-        """Events: {"type": "text", "text", "bytes"} as bytes commit (never splitting a UTF-8 character),
+               unmask: UnmaskConfig | None = None, block_start: str | None = None) -> Iterator[dict]:
+        """Events: {"type": "text", "text", "bytes", "n_enc", "n_dec", "bandwidth_gb"} as bytes commit (never
+        splitting a UTF-8 character; the paper's counters so far, for live displays),
         mode events ("draft", "verify", "unmask", "commit"), and a final {"type": "done", "result": Result}.
 
         BLT-D/BLT-DV take `block_size` and `unmask` (confidence α, entropy-bounded γ or one-step); BLT-S takes
-        `draft_k`. Sampling uses a generator seeded per request."""
+        `draft_k`. `block_start` places BLT-D/BLT-DV blocks at the open patch's start ("patch", as in training)
+        or after the sequence with the open patch closed by force ("forced", the paper's); None takes the
+        mode's default (BLT-D: forced, BLT-DV: patch). Sampling uses a generator seeded per request."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; valid modes are {list(MODES)}")
         if not isinstance(max_new_bytes, int) or isinstance(max_new_bytes, bool) or not (
@@ -76,10 +81,13 @@ class Generator:
             from fastblt.runtime.modes.diffusion import check_model
 
             check_model(self.config, block_size)
+            block_start = module.BLOCK_START if block_start is None else block_start
+            if block_start not in BLOCK_STARTS:
+                raise ValueError(f"block_start={block_start!r}; valid values are {list(BLOCK_STARTS)}")
         if mode == "blts" and not (isinstance(draft_k, int) and 1 <= draft_k <= 64):
             raise ValueError(f"draft_k={draft_k!r} must be an integer in [1, 64]")
         return self._events(prompt, mode, max_new_bytes, sampler, stops, module,
-                            dict(block_size=block_size, draft_k=draft_k, unmask=unmask))
+                            dict(block_size=block_size, draft_k=draft_k, unmask=unmask, block_start=block_start))
 
     def _events(self, prompt, mode, max_new_bytes, sampler, stops, module, options) -> Iterator[dict]:
         ids = host.encode(prompt)
@@ -112,7 +120,9 @@ class Generator:
             chunk = bytes(out[before:])
             text = decoder.decode(chunk)
             if text or chunk:
-                yield {"type": "text", "text": text, "bytes": chunk}
+                n_enc, n_dec = counters.paper_n_enc, counters.paper_n_dec
+                yield {"type": "text", "text": text, "bytes": chunk, "n_enc": n_enc, "n_dec": n_dec,
+                       "bandwidth_gb": bandwidth_gb(self.params, n_enc, n_dec)}
             if reason in ("eos", "stop") or len(out) >= max_new_bytes:
                 break
         events.close()
@@ -133,9 +143,12 @@ class Generator:
 
 
 def _slack(mode: str, options: dict) -> int:
-    """The deepest rollback (and the most outstanding drafts) a mode needs: the KV caches keep no more."""
+    """The deepest rollback (and the most outstanding drafts) a mode needs: the KV caches keep no more.
+    BLT-D reads up to B/2 committed rows again (a block at the open patch's start)."""
     if mode == "blts":
         return options["draft_k"]
+    if mode == "bltd":
+        return options["block_size"] // 2 if options["block_start"] == "patch" else 0
     return options["block_size"] if mode == "bltdv" else 0
 
 

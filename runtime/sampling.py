@@ -70,6 +70,10 @@ class Sampler:
             p /= p.sum(-1, keepdims=True)
         return p
 
+    def argmax(self, logits: np.ndarray) -> np.ndarray:
+        """The greedy choice of each row (never a blocked id)."""
+        return np.where(self.blocked, -np.inf, logits).argmax(-1)
+
     def sample(self, logits: np.ndarray) -> int:
         if self.cfg.greedy:
             x = np.where(self.blocked, -np.inf, logits)

@@ -7,8 +7,10 @@
   (the latest closed patch's latent; no patcher, no global). `discard_drafts()` drops them; a commit does too
   but keeps the encoder's work on the leading ids it shares with them (BLT-S's verify).
 - `last_latent()`: the latent a block starting at the end attends to (forcing the open patch closed).
-- `scratch_states(ids)` / `block_logits(...)`: the encoder in scratch mode and `decoder_block` over a block
-  placed after the sequence; no cache changes.
+- `block_anchor(B)`: where a diffusion block starts (the open patch's start, or the end with the patch forced
+  closed) and the latent its rows read.
+- `block_states(ids, start)` / `block_logits(...)`: the encoder in scratch mode and `decoder_block` over a
+  block placed at `start`; no cache changes.
 
 Boundaries, hash ids and the decoder's patch index are host bookkeeping (runtime/host.py). Caches stay at
 the local window plus a rollback slack.
@@ -26,6 +28,7 @@ from fastblt.runtime import host
 from fastblt.runtime.cache import KVCache
 
 ROLLBACK_SLACK = 64
+BLOCK_STARTS = ("patch", "forced")
 TRIM_EVERY = 256  # host rows (encoder states, logits) dropped in batches: one copy per 256 bytes, not per call
 NEG = np.finfo(np.float32).min
 
@@ -64,6 +67,7 @@ class Session:
         self.seconds: dict[str, float] = {}
         self.byte_steps = {"patcher": 0, "encoder": 0}
         self.forced_closures = 0
+        self._open_latent: np.ndarray | None = None  # the forced-closed open patch's latent (commit(open_latent))
         self._gmax = max(cfg.hash_sizes)
         self._limit = min(cfg.encoder.max_positions, cfg.decoder.max_positions, cfg.patcher.max_positions)
 
@@ -85,12 +89,19 @@ class Session:
         return self.row_logits[position - self.logits_start]
 
     # ---- committing -----------------------------------------------------------------------------------------
-    def commit(self, new_ids) -> np.ndarray:
-        """Append ids (BOS first on an empty session); returns decoder logits [t, V] of the new rows."""
+    def commit(self, new_ids, open_latent: bool = False) -> np.ndarray:
+        """Append ids (BOS first on an empty session); returns decoder logits [t, V] of the new rows.
+
+        `open_latent`: also compute, in the same global call as the patches the new ids close, the latent of
+        the open patch closed by force (one extra row that never enters the global cache); `last_latent()`
+        then returns it without a call of its own (BLT-D's next block)."""
         new = np.asarray(new_ids, dtype=np.int64).reshape(-1)
         self._check_room(self.length + new.size)
+        self._open_latent = None
         if new.size > MAX_CHUNK:  # graphs (and TensorRT profiles) take at most MAX_CHUNK new bytes per call
-            return np.concatenate([self.commit(new[i:i + MAX_CHUNK]) for i in range(0, new.size, MAX_CHUNK)])
+            parts = [new[i:i + MAX_CHUNK] for i in range(0, new.size, MAX_CHUNK)]
+            return np.concatenate([self.commit(part, open_latent and i == len(parts) - 1)
+                                   for i, part in enumerate(parts)])
         t, n0, cfg = new.size, self.length, self.config
         if t == 0:
             raise ValueError("commit needs at least one id")
@@ -125,10 +136,16 @@ class Session:
                 closing.append((start, j + 1))
                 self.patch_starts.append(j + 1)
             rows[j - n0] = self.n_closed - 1  # d(j): the last patch complete at j
-        if closing:
+        spans = closing + ([(self.patch_starts[-1], n0 + t)] if open_latent and self.patch_starts[-1] < n0 + t else [])
+        if spans:
             first = self.n_closed - len(closing)
-            memory = self._run("global", "global", self._patch_feeds(closing, first))["memory"][0]
-            self.memory = _put_rows(self.memory, first, memory)
+            memory = self._run("global", "global", self._patch_feeds(spans, first))["memory"][0]
+            if len(spans) > len(closing):  # the forced row: kept aside, never cached
+                self.caches["global"].truncate(self.n_closed)
+                self._open_latent = memory[-1]
+                self.forced_closures += 1
+            if closing:
+                self.memory = _put_rows(self.memory, first, memory[: len(closing)])
         feeds = {"states": states[None], "positions": pos, "memory": self.memory[rows][None]}
         logits = self._run("decoder", "decoder_step", feeds)["logits"][0]
         self.row_logits = _put_rows(self.row_logits, n0 - self.logits_start, logits)
@@ -145,6 +162,7 @@ class Session:
                              "(Session(backend, slack=...))")
         self.draft_ids.clear()
         self.draft_states.clear()
+        self._open_latent = None
         for name in ("patcher", "encoder", "decoder"):
             self.caches[name].truncate(length)
         del self.ids[length:], self.entropies[length:]
@@ -195,41 +213,79 @@ class Session:
         closed by force if the patcher left it open (computed in scratch; the global cache is unchanged)."""
         if self.patch_starts[-1] == self.length:
             return self.memory[self.n_closed - 1]
+        if self._open_latent is not None:
+            return self._open_latent
         self.forced_closures += 1
         start = self.patch_starts[-1]
         out = self._run("global", "global", self._patch_feeds([(start, self.length)], self.n_closed), keep=False)
         return out["memory"][0, 0]
 
-    def scratch_states(self, block_ids) -> np.ndarray:
-        """Encoder states [B, D] of ids placed right after the sequence, without touching any cache
-        (the encoder's scratch mode: diffusion blocks, MASK being an ordinary id)."""
+    def block_anchor(self, block_size: int, start: str = "patch") -> tuple[int, np.ndarray]:
+        """Where a diffusion block of `block_size` rows starts and the latent [k, D] its rows read.
+
+        "patch": at the start p of the open patch, so the block starts at a natural boundary as in training
+        and reads the latent of the patch ending at p (already computed: no global call); the block's first
+        length − p rows are the known bytes of the open patch. Falls back to "forced" when the open patch
+        fills more than half the block or no patch is closed yet. "forced" (the paper's): at the end of the
+        sequence, the open patch closed by force (one scratch global call)."""
+        if start not in BLOCK_STARTS:
+            raise ValueError(f"block start {start!r}; valid values are {list(BLOCK_STARTS)}")
+        p = self.patch_starts[-1]
+        if start == "patch" and self.n_closed >= 1 and 2 * (self.length - p) <= block_size:
+            return p, self.memory[self.n_closed - 1]
+        return self.length, self.last_latent()
+
+    def block_states(self, block_ids, start: int | None = None) -> np.ndarray:
+        """Encoder states [B, D] of a block placed at `start` (default: the end of the sequence), without
+        touching any cache. Rows before the end are known bytes: the encoder is causal and patch-free, so
+        their committed states are exactly what a scratch pass would compute. The rest go through the
+        encoder in scratch mode (MASK is an ordinary id)."""
         block = np.asarray(block_ids, dtype=np.int64).reshape(-1)
         n = self.length
-        self._check_room(n + block.size)
-        pos = np.arange(n, n + block.size, dtype=np.int64)[None]
-        out = self._run("encoder", "encoder", {"ids": block[None], "hash_ids": self._hashes(block)[None],
-                                               "positions": pos}, keep=False)
-        self.byte_steps["encoder"] += block.size
-        return out["states"][0]
+        start = n if start is None else start
+        known = n - start
+        if not (0 <= known <= block.size) or self.ids[start:n] != block[:known].tolist():
+            raise ValueError(f"a block at {start} must begin with the sequence's bytes {start}..{n - 1}")
+        tail = block[known:]
+        self._check_room(n + tail.size)
+        if known:
+            prefix = self.states[start - self.states_start: n - self.states_start]
+            if not tail.size:
+                return prefix.copy()
+        if not tail.size:
+            return np.zeros((0, self.config.encoder.dim), dtype=np.float32)
+        pos = np.arange(n, n + tail.size, dtype=np.int64)[None]
+        out = self._run("encoder", "encoder", {"ids": tail[None], "hash_ids": self._hashes(tail)[None],
+                                               "positions": pos}, keep=False)["states"][0]
+        self.byte_steps["encoder"] += tail.size
+        return np.concatenate([prefix, out]) if known else out
 
-    def block_logits(self, states: np.ndarray, memory: np.ndarray, bidirectional: bool = True) -> np.ndarray:
-        """decoder_block over rows placed right after the sequence: the committed prefix is read-only and
-        visible (window permitting); rows see each other bidirectionally (diffusion) or causally (verify).
-        `memory` is [B, k, D] (per-row latent slots). Returns logits [B, V]."""
+    def scratch_states(self, block_ids) -> np.ndarray:
+        """Encoder states [B, D] of ids placed right after the sequence (see `block_states`)."""
+        return self.block_states(block_ids)
+
+    def block_logits(self, states: np.ndarray, memory: np.ndarray, bidirectional: bool = True,
+                     start: int | None = None) -> np.ndarray:
+        """decoder_block over rows placed at `start` (default: right after the sequence): the committed prefix
+        before `start` is read-only and visible (window permitting), cached rows from `start` on are not;
+        rows see each other bidirectionally (diffusion) or causally (verify). `memory` is [B, k, D] (per-row
+        latent slots). Returns logits [B, V]."""
         cfg = self.config
-        bsz, n = states.shape[0], self.length
-        past_k, _ = self.caches["decoder"].visible()
+        bsz = states.shape[0]
+        start = self.length if start is None else start
+        past_k, _ = self.caches["decoder"].visible(start)
         t = past_k.shape[3]
-        rows = np.arange(n, n + bsz)[:, None]
-        keys = np.concatenate([np.arange(n - t, n), np.arange(n, n + bsz)])[None]
-        ok = keys < n
+        rows = np.arange(start, start + bsz)[:, None]
+        keys = np.concatenate([np.arange(start - t, start), np.arange(start, start + bsz)])[None]
+        ok = np.ones((bsz, t + bsz), dtype=bool)
         if cfg.decoder.window is not None:
-            ok = ok & (rows - keys < cfg.decoder.window)
+            ok = rows - keys < cfg.decoder.window
         ok[:, t:] = True if bidirectional else np.tri(bsz, dtype=bool)
-        feeds = {"states": states[None].astype(np.float32), "positions": np.arange(n, n + bsz, dtype=np.int64)[None],
+        feeds = {"states": states[None].astype(np.float32),
+                 "positions": np.arange(start, start + bsz, dtype=np.int64)[None],
                  "memory": memory[None].astype(np.float32),
                  "attn_bias": np.where(ok, 0.0, NEG).astype(np.float32)[None]}
-        return self._run("decoder", "decoder_block", feeds, keep=False)["logits"][0]
+        return self._run("decoder", "decoder_block", feeds, keep=False, before=start)["logits"][0]
 
     # ---- internals -------------------------------------------------------------------------------------------
     def _hashes(self, ids: np.ndarray, drafts: bool = False) -> np.ndarray:
@@ -242,13 +298,13 @@ class Session:
             raise SequenceTooLongError(f"sequence of {n} ids exceeds the model's {self._limit} byte positions; "
                                        "shorten the prompt or max_new_bytes")
 
-    def _run(self, stack: str, graph: str, feeds: dict, keep: bool = True) -> dict:
+    def _run(self, stack: str, graph: str, feeds: dict, keep: bool = True, before: int | None = None) -> dict:
         cache = self.caches[stack]
         t0 = time.perf_counter()
         if graph in self._in_place:  # the backend updates the cache itself (ORT fused layout)
             out = self.backend.run_in_place(graph, feeds, cache, keep)
         else:
-            feeds["past_key"], feeds["past_value"] = cache.visible()
+            feeds["past_key"], feeds["past_value"] = cache.visible(before)
             out = self.backend.run(graph, feeds)
             if keep:
                 cache.append(out["new_key"], out["new_value"])

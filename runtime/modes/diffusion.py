@@ -1,8 +1,11 @@
-"""BLT-D: the decoder fills a block of B masked bytes in s ≤ B diffusion steps; one latent per block.
+"""BLT-D: the decoder fills a block of B bytes in s ≤ B diffusion steps; one latent per block.
 
-Each step runs the encoder in scratch mode over the block (MASK is an ordinary id) and `decoder_block`
-(prefix read-only, block bidirectional, every block row reading the last latent, the open patch forced
-closed). The filled block is then committed (truncated at EOS)."""
+The block starts where the open patch starts (`block_start="patch"`, the default): its first rows are the
+open patch's known bytes and the rest are MASK, every row reads the latent of the patch before it, exactly
+the layout the decoder was trained on, and no global call is needed to start it. `block_start="forced"` is
+the paper's layout: B masked rows after the sequence, reading the open patch's latent closed by force.
+Each step runs the encoder in scratch mode over the masked rows (MASK is an ordinary id) and
+`decoder_block` (prefix read-only, block bidirectional). The new bytes are then committed (truncated at EOS)."""
 
 from __future__ import annotations
 
@@ -26,9 +29,9 @@ def check_model(cfg, block_size: int) -> None:
 
 
 def fill_block(session: Session, sampler: Sampler, rule: UnmaskConfig, block: np.ndarray, memory: np.ndarray,
-               counters: Counters, events: list) -> tuple[np.ndarray, np.ndarray]:
-    """Unmask every MASK in `block` (in place). Returns (block, q) with q[i] the distribution position i was
-    drawn from (its row for verification)."""
+               counters: Counters, events: list, start: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Unmask every MASK in `block` (in place), a block placed at `start` (default: after the sequence).
+    Returns (block, q) with q[i] the distribution position i was drawn from (its row for verification)."""
     mask_id = session.config.mask_id
     q = np.zeros((block.size, session.config.vocab_size))
     steps = 0
@@ -36,41 +39,59 @@ def fill_block(session: Session, sampler: Sampler, rule: UnmaskConfig, block: np
         masked = np.flatnonzero(block == mask_id)
         if masked.size == 0:
             break
-        logits = session.block_logits(session.scratch_states(block), memory, bidirectional=True)
+        logits = session.block_logits(session.block_states(block, start), memory, bidirectional=True, start=start)
         dists = sampler.soft(logits)
         chosen = select(rule, masked, dists)
-        for i in chosen:
-            q[i] = sampler.probs(logits[i])
-            block[i] = sampler.draw(q[i])
+        if sampler.cfg.greedy:  # q is a point mass on the argmax: no per-row warp needed
+            best = sampler.argmax(logits[chosen])
+            q[chosen, best] = 1.0
+            block[chosen] = best
+        else:
+            q[chosen] = sampler.probs(logits[chosen])
+            block[chosen] = [sampler.draw(row) for row in q[chosen]]
         steps += 1
         events.append({"type": "unmask", "step": steps, "positions": chosen.tolist(),
-                       "ids": block[chosen].tolist()})
+                       "ids": block[chosen].tolist(), "confidences": dists[chosen, block[chosen]].tolist()})
     counters.n_dec["diffusion_step"] += steps
     counters.steps_per_block.append(steps)
     return block, q
 
 
+def open_block(session: Session, block_size: int, block_start: str, first: int | None = None):
+    """(start, block, memory) of the next diffusion block: known bytes (and `first`, an exact next byte) then
+    MASK, with every row reading the anchor's latent."""
+    start, latent = session.block_anchor(block_size, block_start)
+    block = np.full(block_size, session.config.mask_id, dtype=np.int64)
+    known = session.ids[start:]
+    block[: len(known)] = known
+    if first is not None:
+        block[len(known)] = first
+    return start, block, np.repeat(latent[None], block_size, axis=0)
+
+
+BLOCK_START = "forced"  # faster per byte than "patch": a block then yields B new bytes, not fewer
+
+
 def run(session: Session, sampler: Sampler, budget: int, counters: Counters, block_size: int = 8,
-        unmask: UnmaskConfig | None = None, **_options) -> Iterator[dict]:
+        unmask: UnmaskConfig | None = None, block_start: str = BLOCK_START, **_options) -> Iterator[dict]:
     check_model(session.config, block_size)
     rule = (unmask or UnmaskConfig()).validate()
-    cfg = session.config
     produced = 0
     while produced < budget:
-        memory = np.repeat(session.last_latent()[None], block_size, axis=0)
+        start, block, memory = open_block(session, block_size, block_start)
+        known = session.length - start
         events: list = []
-        block, _ = fill_block(session, sampler, rule, np.full(block_size, cfg.mask_id, dtype=np.int64), memory,
-                              counters, events)
+        block, _ = fill_block(session, sampler, rule, block, memory, counters, events, start)
         yield from events
         counters.iterations += 1
         counters.paper_n_enc += 1
         counters.paper_n_dec += counters.steps_per_block[-1]
-        ids = block.tolist()
+        ids = block[known:].tolist()
         if 2 in ids:  # EOS ends the generation inside the block
             ids = ids[: ids.index(2) + 1]
             yield {"type": "commit", "ids": ids}
             return
-        session.commit(ids)
+        session.commit(ids, open_latent=block_start == "forced")  # the next block's latent in the same call
         counters.n_dec["commit"] += 1
         produced += len(ids)
         yield {"type": "commit", "ids": ids}

@@ -29,8 +29,12 @@ def run(session: Session, sampler: Sampler, budget: int, counters: Counters, dra
                 break
             logits = session.draft_step(prev)
             counters.n_dec["draft_step"] += 1
-            q.append(sampler.probs(logits))
-            prev = sampler.draw(q[-1])
+            if sampler.cfg.greedy:  # greedy verification reads only the drafted bytes, never q
+                prev = sampler.sample(logits)
+                q.append(None)
+            else:
+                q.append(sampler.probs(logits))
+                prev = sampler.draw(q[-1])
             draft.append(prev)
         yield {"type": "draft", "ids": [nxt] + draft}
         committed, nxt = verify(session, sampler, nxt, draft, q, counters)

@@ -27,15 +27,22 @@ def verify(session, sampler, first: int, draft: list[int], q: list[np.ndarray], 
     logits = session.commit(ids[:-1] if ends else ids)  # EOS needs no row of its own
     counters.n_dec["verify"] += 1
     counters.bytes_drafted += len(ids) - 1
-    for i in range(1, len(ids)):
-        p = sampler.probs(logits[i - 1])
-        if sampler.accept(ids[i], p, q[i - 1]):
-            continue
-        fix = sampler.residual(p, q[i - 1])
-        session.rollback(l + i)
-        counters.bytes_accepted += i - 1
-        counters.accepted_per_iteration.append(i - 1)
-        return ids[:i], fix
+    rejected = fix = None
+    if sampler.cfg.greedy:  # accept iff each byte is the argmax; the first mismatch is replaced by it
+        best = sampler.argmax(logits[: len(ids) - 1]).tolist()
+        rejected = next((i for i in range(1, len(ids)) if ids[i] != best[i - 1]), None)
+        fix = None if rejected is None else best[rejected - 1]
+    else:
+        for i in range(1, len(ids)):
+            p = sampler.probs(logits[i - 1])
+            if not sampler.accept(ids[i], p, q[i - 1]):
+                rejected, fix = i, sampler.residual(p, q[i - 1])
+                break
+    if rejected is not None:
+        session.rollback(l + rejected)
+        counters.bytes_accepted += rejected - 1
+        counters.accepted_per_iteration.append(rejected - 1)
+        return ids[:rejected], fix
     counters.bytes_accepted += len(ids) - 1
     counters.accepted_per_iteration.append(len(ids) - 1)
     if ends:

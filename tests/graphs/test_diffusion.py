@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fastblt.graphs.config import tiny_config
-from fastblt.graphs.diffusion import block_logits, bltd_loss, make_blocks, noise
+from fastblt.graphs.diffusion import block_logits, bltd_loss, greedy_targets, make_blocks, noise
 from fastblt.graphs.model import BltModel
 from fastblt.runtime.backends.torch_ref import TorchBackend
 from fastblt.runtime.session import Session
@@ -98,6 +98,75 @@ def test_training_layout_equals_inference_layout(bsz):
         assert np.abs(got - logits[0, j].numpy()).max() <= 1e-4
         checked += 1
     assert checked >= 5
+
+
+@pytest.mark.parametrize("bsz", [4, 8])
+def test_block_at_open_patch_start_equals_training_layout(bsz):
+    """A block placed at the open patch's start (its known bytes unmasked, committed rows after the start
+    hidden from it) is exactly the training block at that patch start."""
+    model = _model(window=20)
+    ids_full = _ids(90, seed=3)
+    with torch.no_grad():
+        blocks, noisy, _, _ = _blocks_and_logits(model, ids_full, bsz, t=0.6)
+        details = model.forward_details(ids_full[:, :-1])
+    backend = TorchBackend(model)
+    ids = ids_full[0].tolist()
+    checked = 0
+    for j in range(int(blocks.valid.sum())):
+        s = int(blocks.start[0, j])
+        for known in range(1, bsz // 2 + 1):
+            block = noisy[0, j].clone()
+            block[:known] = torch.tensor(ids[s:s + known]) if s + known <= len(ids) else block[:known]
+            session = Session(backend)
+            session.commit(ids[:s + known])
+            if session.patch_starts[-1] != s:  # the known bytes closed a patch: not an open-patch block
+                continue
+            start, latent = session.block_anchor(bsz, "patch")
+            assert start == s and session.forced_closures == 0
+            memory = np.repeat(latent[None], bsz, axis=0)
+            got = session.block_logits(session.block_states(block.numpy(), start), memory, start=start)
+            with torch.no_grad():
+                want = block_logits(model, ids_full, details, blocks, torch.where(
+                    torch.arange(blocks.target.shape[1])[:, None] == j, block, noisy[0]).unsqueeze(0))[0, j]
+            assert np.abs(got - want.numpy()).max() <= 1e-4
+            checked += 1
+    assert checked >= 5
+
+
+def test_greedy_targets_are_the_runtime_drafts():
+    """Distillation targets: the clean pass's argmax, then the decoder drafting causally under the block's
+    latent — what the runtime's block_logits computes with causal rows."""
+    model = _model(window=20)
+    ids_full = _ids(70, seed=5)
+    with torch.no_grad():
+        details = model.forward_details(ids_full[:, :-1])
+        blocks = make_blocks(details["starts"], ids_full, 4, model.config.pad_id)
+        targets = greedy_targets(model, ids_full, details, blocks)
+    backend = TorchBackend(model)
+    ids = ids_full[0].tolist()
+    for j in range(int(blocks.valid.sum())):
+        s = int(blocks.start[0, j])
+        if s + 4 > len(ids) - 1:
+            continue
+        session = Session(backend)
+        session.commit(ids[:s])
+        want = [int(np.argmax(session.logits()[:260]))]
+        memory = np.repeat(session.memory[session.n_closed - 1][None], 4, axis=0)
+        for i in range(1, 4):
+            block = np.array(want + [260] * (4 - i))
+            logits = session.block_logits(session.block_states(block), memory, bidirectional=False)
+            want.append(int(np.argmax(logits[i - 1][:260])))
+        assert targets[0, j].tolist() == want, j
+
+
+def test_distill_replaces_block_targets_not_the_clean_loss():
+    model = _model()
+    ids_full = torch.cat([_ids(80, seed=1), _ids(80, seed=2)])
+    t = torch.tensor([0.5, 0.5])
+    plain = bltd_loss(model, ids_full, 8, gen=torch.Generator().manual_seed(0), t=t, distill=1e-9)  # same draws
+    distilled = bltd_loss(model, ids_full, 8, gen=torch.Generator().manual_seed(0), t=t, distill=1.0)
+    assert torch.equal(plain["clean_loss"], distilled["clean_loss"])
+    assert not torch.equal(plain["mask_loss"], distilled["mask_loss"])
 
 
 def test_loss_is_finite_and_weighted():
