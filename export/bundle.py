@@ -7,6 +7,7 @@ end, so an interrupted or failed build never leaves a half-written bundle.
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import shutil
 import tempfile
@@ -14,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 
 from fastblt.export.onnx_export import OPSET, export_graph
+from fastblt.export.progress import BuildLog
 from fastblt.export.quantize import (
     MODELOPT_HINT,
     ORT_ONLY,
@@ -27,6 +29,7 @@ from fastblt.graphs.spec import FUSED_GRAPHS, GRAPH_NAMES, fused_graph_specs, gr
 from fastblt.runtime.manifest import fused_key, graph_key, is_standard, sha256_file, write_manifest
 
 FUSED_PRECISIONS = ("fp32", "int8-dynamic")  # the CPU precisions; TensorRT never reads the fused layout
+BUILD_LOG = "build.log"  # what the exporter, quantizers and ONNX Runtime printed, in the bundle
 
 
 class BuildError(RuntimeError):
@@ -69,13 +72,9 @@ def check_request(precisions: tuple[str, ...], engines: str) -> None:
 
 def build_bundle(model, out: Path, precisions: tuple[str, ...] = ("fp32", "int8"),
                  block_sizes: tuple[int, ...] | None = None, engines: str = "auto", log=print,
-                 heldout: list[list[int]] | None = None, fused: bool = True) -> Path:
-    from fastblt.export.calibration import heldout_bpb, prompts_from, record
-    from fastblt.export.validate import validate_graph
-    from fastblt.graphs.incremental import build_graphs
-    from fastblt.runtime.backends.ort import OrtBackend
-    from fastblt.runtime.backends.torch_ref import TorchBackend
-
+                 heldout: list[list[int]] | None = None, fused: bool = True, bars: bool = False) -> Path:
+    """Build a bundle; `log` gets one line per stage (or, with `bars`, a progress bar per stage on stderr),
+    and what the libraries print goes to the bundle's build.log."""
     cfg = model.config
     block_sizes = tuple(cfg.block_sizes if block_sizes is None else block_sizes)
     missing = [b for b in block_sizes if b not in cfg.block_sizes]
@@ -86,51 +85,84 @@ def build_bundle(model, out: Path, precisions: tuple[str, ...] = ("fp32", "int8"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     try:
-        if heldout is None:
-            from fastblt.graphs.data import heldout_windows
-
-            heldout = heldout_windows(None, 256, 16)
-        prompts = prompts_from(heldout, 8)
-        log(f"recording real-text graph inputs ({len(prompts)} prompts, all modes)")
-        torch_backend = TorchBackend(model)
-        rec = record(torch_backend, prompts[:4])
-        modules, specs = build_graphs(model), graph_specs(cfg)
-        entries, validation = {}, {}
-        (tmp / "fp32").mkdir()
-        for graph in GRAPH_NAMES:
-            for b in (block_sizes if graph == "decoder_block" else (None,)):
-                key = graph_key(graph, b)
-                path = tmp / "fp32" / f"{key}.onnx"
-                log(f"exporting {key}")
-                export_graph(modules[graph], specs[graph], cfg, path, block_size=b)
-                validation[key] = validate_graph(path, modules[graph], specs[graph], cfg, rec.records.get(key, []), b)
-                entries[key] = {"graph": graph, "block_size": b, "files": {}}
-        if fused:
-            _export_fused(model, tmp, entries, validation, rec.records, log)
-        manifest = {"created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                    "model": cfg.to_dict(), "opset": OPSET, "block_sizes": list(block_sizes),
-                    "special_ids": {"boe": 0, "bos": 1, "eos": 2, "mask": cfg.mask_id, "pad": cfg.pad_id},
-                    "patching": {"threshold": cfg.patch_threshold, "max_patch_length": cfg.max_patch_length},
-                    "precisions": ["fp32"], "graphs": entries, "validation": validation,
-                    "quantization": {}, "engines": [], "tools": _versions()}
-        _register(tmp, manifest, "fp32")
-        write_manifest(tmp, manifest)
-        quality = {"fp32": {"heldout_bpb": heldout_bpb(OrtBackend(tmp, "fp32"), heldout)}}
-        torch_bpb = heldout_bpb(torch_backend, heldout)
-        quality["torch"] = {"heldout_bpb": torch_bpb}
-        add_precisions(tmp, manifest, [p for p in precisions if p != "fp32"], rec, heldout, prompts, quality, log)
-        manifest["quality"] = quality
-        manifest["quality"]["heldout"] = {"windows": len(heldout), "bytes": sum(len(w) - 1 for w in heldout)}
-        if engines != "no":
-            _engines(tmp, manifest, precisions, block_sizes, log)
-        write_manifest(tmp, manifest)
+        with BuildLog(tmp / BUILD_LOG, log, bars) as blog:
+            _build(model, tmp, precisions, block_sizes, engines, heldout, fused, blog)
         _replace(tmp, out)
+    except Exception:
+        _keep_log(tmp, log)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
-def add_precisions(root: Path, manifest: dict, precisions, rec, heldout, prompts, quality: dict, log) -> None:
+def _build(model, tmp: Path, precisions, block_sizes, engines, heldout, fused, blog: BuildLog) -> None:
+    from fastblt.export.calibration import heldout_bpb, prompts_from, record
+    from fastblt.graphs.incremental import build_graphs
+    from fastblt.runtime.backends.ort import OrtBackend
+    from fastblt.runtime.backends.torch_ref import TorchBackend
+
+    cfg = model.config
+    if heldout is None:
+        from fastblt.graphs.data import heldout_windows
+
+        heldout = heldout_windows(None, 256, 16)
+    prompts = prompts_from(heldout, 8)
+    torch_backend = TorchBackend(model)
+    with blog.stage("calibration: real-text inputs", 4, "prompts") as bar:
+        rec = record(torch_backend, prompts[:4], progress=bar.update)
+    modules, specs = build_graphs(model), graph_specs(cfg)
+    jobs = [(graph_key(graph, b), graph, modules[graph], specs[graph], b, rec.records.get(graph_key(graph, b), []))
+            for graph in GRAPH_NAMES for b in (block_sizes if graph == "decoder_block" else (None,))]
+    if fused:
+        from fastblt.export.validate import to_fused_feeds
+        from fastblt.graphs.incremental.fused import build_fused_graphs
+
+        fused_modules, fused_specs = build_fused_graphs(model), fused_graph_specs(cfg)
+        jobs += [(fused_key(graph), graph, fused_modules[graph], fused_specs[graph], None,
+                  [(to_fused_feeds(f), o) for f, o in rec.records.get(graph, [])]) for graph in FUSED_GRAPHS]
+    entries, validation = _export_and_validate(tmp, cfg, jobs, blog)
+    manifest = {"created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                "model": cfg.to_dict(), "opset": OPSET, "block_sizes": list(block_sizes),
+                "special_ids": {"boe": 0, "bos": 1, "eos": 2, "mask": cfg.mask_id, "pad": cfg.pad_id},
+                "patching": {"threshold": cfg.patch_threshold, "max_patch_length": cfg.max_patch_length},
+                "precisions": ["fp32"], "graphs": entries, "validation": validation,
+                "quantization": {}, "engines": [], "tools": _versions()}
+    _register(tmp, manifest, "fp32")
+    write_manifest(tmp, manifest)
+    with blog.stage("held-out bits/byte: fp32, torch", 2 * len(heldout), "windows") as bar:
+        quality = {"fp32": {"heldout_bpb": heldout_bpb(OrtBackend(tmp, "fp32"), heldout, progress=bar.update)},
+                   "torch": {"heldout_bpb": heldout_bpb(torch_backend, heldout, progress=bar.update)}}
+    add_precisions(tmp, manifest, [p for p in precisions if p != "fp32"], rec, heldout, prompts, quality, blog)
+    manifest["quality"] = quality
+    manifest["quality"]["heldout"] = {"windows": len(heldout), "bytes": sum(len(w) - 1 for w in heldout)}
+    if engines != "no":
+        _engines(tmp, manifest, precisions, block_sizes, blog)
+    write_manifest(tmp, manifest)
+
+
+def _export_and_validate(root: Path, cfg, jobs, blog: BuildLog) -> tuple[dict, dict]:
+    """Export every graph (standard layout, then the fused CPU layout) into fp32/, then validate each against
+    its torch module on sample inputs and on the recorded real-text calls (converted to the fused layout)."""
+    from fastblt.export.validate import validate_graph
+
+    (root / "fp32").mkdir()
+    entries, validation = {}, {}
+    with blog.stage("export: ONNX graphs", len(jobs)) as bar:
+        for key, graph, module, spec, b, _ in jobs:
+            export_graph(module, spec, cfg, root / "fp32" / f"{key}.onnx", block_size=b)
+            entries[key] = {"graph": graph, "block_size": b, "files": {}}
+            if key == fused_key(graph):
+                entries[key]["layout"] = "fused"
+            bar.update()
+    with blog.stage("validation: ONNX Runtime vs torch", len(jobs)) as bar:
+        for key, _, module, spec, b, real in jobs:
+            validation[key] = validate_graph(root / "fp32" / f"{key}.onnx", module, spec, cfg, real, b)
+            bar.update()
+    return entries, validation
+
+
+def add_precisions(root: Path, manifest: dict, precisions, rec, heldout, prompts, quality: dict, blog) -> None:
     """Quantize every graph of the bundle in `root` to each precision, calibrated on `rec`'s recorded inputs,
     and record held-out bits/byte and greedy agreement with FP32 (both through ONNX Runtime)."""
     from fastblt.export.calibration import greedy_agreement, heldout_bpb
@@ -140,22 +172,24 @@ def add_precisions(root: Path, manifest: dict, precisions, rec, heldout, prompts
     for precision in precisions:
         (root / precision).mkdir(exist_ok=True)
         info = {}
-        for key, entry in manifest["graphs"].items():
-            if not _has_precision(entry, precision):
-                continue
-            log(f"quantizing {key} to {precision}")
-            feeds = [f for f, _ in rec.records.get(key, [])]
-            info[key] = quantize_graph(root / "fp32" / f"{key}.onnx", root / precision / f"{key}.onnx", precision,
-                                       feeds)
+        keys = [k for k, e in manifest["graphs"].items() if _has_precision(e, precision)]
+        with blog.stage(f"quantization: {precision}", len(keys)) as bar:
+            for key in keys:
+                feeds = [f for f, _ in rec.records.get(key, [])]
+                info[key] = quantize_graph(root / "fp32" / f"{key}.onnx", root / precision / f"{key}.onnx",
+                                           precision, feeds)
+                bar.update()
         _register(root, manifest, precision)
         write_manifest(root, manifest)
         backend = OrtBackend(root, precision)
-        quality[precision] = {"heldout_bpb": heldout_bpb(backend, heldout),
-                              "greedy_agreement_vs_fp32": greedy_agreement(reference, backend, prompts)}
+        with blog.stage(f"held-out bits/byte: {precision}", len(heldout) + len(prompts), "windows+prompts") as bar:
+            quality[precision] = {"heldout_bpb": heldout_bpb(backend, heldout, progress=bar.update),
+                                  "greedy_agreement_vs_fp32": greedy_agreement(reference, backend, prompts,
+                                                                               progress=bar.update)}
         manifest["quantization"][precision] = info
 
 
-def quantize_bundle(bundle: Path, precisions: tuple[str, ...], log=print) -> Path:
+def quantize_bundle(bundle: Path, precisions: tuple[str, ...], log=print, bars: bool = False) -> Path:
     """Add quantized precisions to an existing bundle (calibrated through its own FP32 graphs; no torch)."""
     from fastblt.export.calibration import prompts_from, record
     from fastblt.graphs.data import heldout_windows
@@ -169,34 +203,31 @@ def quantize_bundle(bundle: Path, precisions: tuple[str, ...], log=print) -> Pat
     try:
         shutil.rmtree(tmp)
         shutil.copytree(bundle, tmp)
-        heldout = heldout_windows(None, 256, 16)
-        prompts = prompts_from(heldout, 8)
-        rec = record(OrtBackend(tmp, "fp32"), prompts[:4])
-        quality = manifest.setdefault("quality", {})
-        add_precisions(tmp, manifest, list(precisions), rec, heldout, prompts, quality, log)
-        write_manifest(tmp, {k: v for k, v in manifest.items() if k not in ("format", "format_version")})
+        with BuildLog(tmp / BUILD_LOG, log, bars) as blog:
+            heldout = heldout_windows(None, 256, 16)
+            prompts = prompts_from(heldout, 8)
+            with blog.stage("calibration: real-text inputs", 4, "prompts") as bar:
+                rec = record(OrtBackend(tmp, "fp32"), prompts[:4], progress=bar.update)
+            quality = manifest.setdefault("quality", {})
+            add_precisions(tmp, manifest, list(precisions), rec, heldout, prompts, quality, blog)
+            write_manifest(tmp, {k: v for k, v in manifest.items() if k not in ("format", "format_version")})
         _replace(tmp, bundle)
+    except Exception:
+        _keep_log(tmp, log)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return bundle
 
 
-def _export_fused(model, root: Path, entries: dict, validation: dict, records: dict, log) -> None:
-    """The fused CPU layout of patcher/encoder/global/decoder_step, validated against its torch module on
-    sample inputs and against the standard graphs' torch outputs on the recorded real-text calls."""
-    from fastblt.export.validate import to_fused_feeds, validate_graph
-    from fastblt.graphs.incremental.fused import build_fused_graphs
-
-    cfg = model.config
-    modules, specs = build_fused_graphs(model), fused_graph_specs(cfg)
-    for graph in FUSED_GRAPHS:
-        key = fused_key(graph)
-        path = root / "fp32" / f"{key}.onnx"
-        log(f"exporting {key} (ONNX Runtime CPU layout)")
-        export_graph(modules[graph], specs[graph], cfg, path)
-        real = [(to_fused_feeds(f), o) for f, o in records.get(graph, [])]
-        validation[key] = validate_graph(path, modules[graph], specs[graph], cfg, real)
-        entries[key] = {"graph": graph, "block_size": None, "layout": "fused", "files": {}}
+def _keep_log(tmp: Path, log) -> None:
+    """A failed build leaves no bundle behind, but its library output is kept for the bug report."""
+    src = tmp / BUILD_LOG
+    if src.is_file():
+        fd, kept = tempfile.mkstemp(prefix="fastblt-build-", suffix=".log")
+        os.close(fd)
+        shutil.copyfile(src, kept)
+        log(f"library output of the failed build: {kept}")
 
 
 def _has_precision(entry: dict, precision: str) -> bool:
@@ -214,29 +245,31 @@ def _register(root: Path, manifest: dict, precision: str) -> None:
         manifest["precisions"].append(precision)
 
 
-def _engines(root: Path, manifest: dict, precisions, block_sizes, log) -> None:
+def _engines(root: Path, manifest: dict, precisions, block_sizes, blog: BuildLog) -> None:
     from fastblt.export.trt_build import build_engine, device_info
     from fastblt.graphs.spec import dim_ranges
 
     info = device_info()
     if info is None:
-        log("no NVIDIA GPU with TensorRT here: skipping engines (build them on the target with `blt-export engine`)")
+        blog.say("no NVIDIA GPU with TensorRT here: skipping engines (build them on the target with "
+                 "`blt-export engine`)")
         return
     cfg_specs = graph_specs(manifest_config(manifest))
     (root / "engines").mkdir(exist_ok=True)
     for precision in precisions:
         if precision in ORT_ONLY:
-            log(f"{precision} is an ONNX Runtime CPU precision: no TensorRT engines for it")
+            blog.say(f"{precision} is an ONNX Runtime CPU precision: no TensorRT engines for it")
             continue
-        for key, entry in manifest["graphs"].items():
-            if not is_standard(entry):
-                continue
-            log(f"building TensorRT engine {key} ({precision}) for {info.gpu_name}")
-            ranges = dim_ranges(manifest_config(manifest), entry["block_size"])
-            record = build_engine(root / entry["files"][precision]["path"], cfg_specs[entry["graph"]], ranges,
-                                  precision, root / "engines", info, root / "engines" / "timing.cache")
-            record["graph_key"], record["path"] = key, f"engines/{record['path']}"
-            manifest["engines"].append(record)
+        keys = [k for k, e in manifest["graphs"].items() if is_standard(e)]
+        with blog.stage(f"TensorRT engines: {precision} ({info.gpu_name})", len(keys)) as bar:
+            for key in keys:
+                entry = manifest["graphs"][key]
+                ranges = dim_ranges(manifest_config(manifest), entry["block_size"])
+                record = build_engine(root / entry["files"][precision]["path"], cfg_specs[entry["graph"]], ranges,
+                                      precision, root / "engines", info, root / "engines" / "timing.cache")
+                record["graph_key"], record["path"] = key, f"engines/{record['path']}"
+                manifest["engines"].append(record)
+                bar.update()
 
 
 def manifest_config(manifest: dict):
@@ -249,7 +282,7 @@ def _replace(tmp: Path, out: Path) -> None:
     replace_dir(tmp, out)
 
 
-def engine_bundle(bundle: Path, precisions: tuple[str, ...], log=print) -> Path:
+def engine_bundle(bundle: Path, precisions: tuple[str, ...], log=print, bars: bool = False) -> Path:
     """Build TensorRT engines into an existing bundle (on the target GPU); replaces older engines."""
     from fastblt.runtime.manifest import Manifest
 
@@ -264,9 +297,13 @@ def engine_bundle(bundle: Path, precisions: tuple[str, ...], log=print) -> Path:
         shutil.rmtree(tmp)
         shutil.copytree(bundle, tmp)
         manifest["engines"] = [e for e in manifest.get("engines", []) if e["precision"] not in precisions]
-        _engines(tmp, manifest, precisions, manifest["block_sizes"], log)
-        write_manifest(tmp, manifest)
+        with BuildLog(tmp / BUILD_LOG, log, bars) as blog:
+            _engines(tmp, manifest, precisions, manifest["block_sizes"], blog)
+            write_manifest(tmp, manifest)
         _replace(tmp, bundle)
+    except Exception:
+        _keep_log(tmp, log)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return bundle

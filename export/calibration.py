@@ -37,8 +37,9 @@ class RecordingBackend:
         self.inner.close()
 
 
-def record(backend, prompts: list[bytes], new_bytes: int = 48, limit: int = 64) -> RecordingBackend:
-    """Run every mode the model supports over the prompts, recording each graph's real inputs."""
+def record(backend, prompts: list[bytes], new_bytes: int = 48, limit: int = 64, progress=None) -> RecordingBackend:
+    """Run every mode the model supports over the prompts, recording each graph's real inputs (`progress()` is
+    called after each prompt)."""
     rec = RecordingBackend(backend, limit)
     gen = Generator(rec)
     cfg = backend.config
@@ -48,11 +49,14 @@ def record(backend, prompts: list[bytes], new_bytes: int = 48, limit: int = 64) 
         for block in cfg.block_sizes:
             gen.generate(prompt, mode="bltd", max_new_bytes=new_bytes, block_size=block,
                          unmask=UnmaskConfig("confidence", alpha=0.5))
+        if progress is not None:
+            progress()
     return rec
 
 
-def heldout_bpb(backend, windows: list[list[int]]) -> float:
-    """Next-byte bits per byte of the runtime's own logits (exactly what generation samples from)."""
+def heldout_bpb(backend, windows: list[list[int]], progress=None) -> float:
+    """Next-byte bits per byte of the runtime's own logits (exactly what generation samples from); `progress()`
+    is called after each window."""
     total, count = 0.0, 0
     for ids in windows:
         if len(ids) < 2:
@@ -62,10 +66,12 @@ def heldout_bpb(backend, windows: list[list[int]]) -> float:
         logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
         total -= float(logp[np.arange(len(ids) - 1), ids[1:]].sum())
         count += len(ids) - 1
+        if progress is not None:
+            progress()
     return total / max(count, 1) / math.log(2)
 
 
-def greedy_agreement(reference, other, prompts: list[bytes], new_bytes: int = 64) -> dict:
+def greedy_agreement(reference, other, prompts: list[bytes], new_bytes: int = 64, progress=None) -> dict:
     """Fraction of prompts whose greedy continuation is byte-identical, and the mean shared prefix."""
     ref, oth = Generator(reference), Generator(other)
     same, prefix = 0, []
@@ -73,6 +79,8 @@ def greedy_agreement(reference, other, prompts: list[bytes], new_bytes: int = 64
         a = ref.generate(prompt, max_new_bytes=new_bytes).bytes
         b = oth.generate(prompt, max_new_bytes=new_bytes).bytes
         same += a == b
+        if progress is not None:
+            progress()
         prefix.append(next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))))
     return {"identical": same / max(len(prompts), 1), "mean_shared_prefix_bytes": float(np.mean(prefix)),
             "prompts": len(prompts), "new_bytes": new_bytes}

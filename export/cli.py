@@ -1,4 +1,4 @@
-"""`blt-export`: the build side — create, import and inspect checkpoints (later: train, build bundles)."""
+"""`blt-export`: the build side — train, import, export and inspect checkpoints; build, quantize and check bundles."""
 
 from __future__ import annotations
 
@@ -182,7 +182,7 @@ def build(checkpoint, out, precisions, block_sizes, engines, fused):
         model = _model_or_default(checkpoint)
         sizes = _ints(block_sizes) if block_sizes else None
         path = build_bundle(model, Path(out), tuple(p.strip() for p in precisions.split(",") if p.strip()), sizes,
-                            engines, log=lambda m: click.echo(m, err=True), fused=fused)
+                            engines, log=_say, fused=fused, bars=_bars())
     except (ValueError, OSError, RuntimeError) as exc:
         _fail(exc)
     _print_bundle(path)
@@ -200,7 +200,7 @@ def onnx(checkpoint, out, block_sizes, fused):
 
         sizes = _ints(block_sizes) if block_sizes else None
         path = build_bundle(_model_or_default(checkpoint), Path(out), ("fp32",), sizes, "no",
-                            log=lambda m: click.echo(m, err=True), fused=fused)
+                            log=_say, fused=fused, bars=_bars())
     except (ValueError, OSError, RuntimeError) as exc:
         _fail(exc)
     _print_bundle(path)
@@ -227,7 +227,7 @@ def _bundle_stage(function: str, bundle: str, precisions: str) -> None:
         from fastblt.export import bundle as stages
 
         getattr(stages, function)(Path(bundle), tuple(p.strip() for p in precisions.split(",") if p.strip()),
-                                  log=lambda m: click.echo(m, err=True))
+                                  log=_say, bars=_bars())
     except (ValueError, OSError, RuntimeError) as exc:
         _fail(exc)
     _print_bundle(Path(bundle))

@@ -3,17 +3,15 @@ with dynamic activation scales for ONNX Runtime on CPU.
 
 FP8 (E4M3) comes from NVIDIA ModelOpt's ONNX PTQ (the only tool that writes FP8 Q/DQ). INT8 comes from ONNX
 Runtime's `quantize_static` (symmetric, per-channel weights, weight MatMuls only, so zero points stay 0 as
-TensorRT requires), because it measured better here: on the default model ModelOpt INT8 (which also quantizes
-attention and residual inputs) cost +0.151 held-out bits/byte with max or entropy calibration, ORT INT8
-+0.0067, ModelOpt FP8 +0.0045.
+TensorRT requires), because ModelOpt INT8, which also quantizes attention and residual inputs, lost far more
+held-out bits/byte on the default model (docs/architecture.md has the numbers).
 
 Q/DQ graphs are the portable format TensorRT compiles, but ORT's CPU EP dequantizes their weights on every
 call, so they run slower than FP32 there. `int8-dynamic` is the CPU precision: every weight MatMul becomes
 ORT's `MatMulNBits` with 8-bit symmetric weights in blocks of 32 and accuracy level 4, i.e. integer
-matmuls on activations quantized at run time per row and block (global transformer: 0.53 vs 1.15 ms per
-call). Per-row scales keep a row's logits independent of the other rows in the call, so BLT-S and BLT-DV
-verification stays byte-identical to AR; ORT `quantize_dynamic`, whose per-tensor activation scale couples
-the rows, measured the same speed but broke that. TensorRT cannot build it.
+matmuls on activations quantized at run time per row and block. Per-row scales keep a row's logits
+independent of the other rows in the call, so BLT-S and BLT-DV verification stays byte-identical to AR; ORT
+`quantize_dynamic`, whose per-tensor activation scale couples the rows, breaks that. TensorRT cannot build it.
 """
 
 from __future__ import annotations
