@@ -154,6 +154,15 @@ def train_decoder(checkpoint, run_dir, out, corpora, steps, batch_size, seq_len,
     click.echo(f"wrote {path}")
 
 
+def _say(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _bars() -> bool:
+    """Progress bars on a terminal; one line per stage in logs and pipes."""
+    return sys.stderr.isatty()
+
+
 def _model_or_default(checkpoint):
     from fastblt.graphs import default_model_path, load_model
 
