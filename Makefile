@@ -6,7 +6,7 @@ PIP := $(BIN)/pip --disable-pip-version-check -q
 BUNDLE := .cache/bundle-default
 MODEL := graphs/default_model
 
-.PHONY: run test bench lint clean
+.PHONY: run test bench lint clean demo
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -19,9 +19,13 @@ $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e '.[dev,export,cpu,quant,serve,ray]'
+	$(PIP) install -e '.[dev,export,cpu,quant,serve,ray,demo]'
 	$(PIP) install --no-deps nvidia-modelopt==0.47.0
-	touch $@ $(VENV)/.installed-run
+	touch $@ $(VENV)/.installed-run $(VENV)/.installed-demo
+
+$(VENV)/.installed-demo: pyproject.toml | $(VENV)/.installed-run
+	$(PIP) install -e '.[export,cpu,demo]'
+	touch $@
 
 # The main job: export the bundled BLT-D to a validated ONNX bundle (FP32, INT8 Q/DQ for TensorRT, INT8
 # dynamic for CPU; rebuilt when the model or the export code changes), then generate greedily in all four
@@ -34,6 +38,10 @@ run: $(VENV)/.installed-run $(BUNDLE)/manifest.json
 	$(BIN)/blt-run compare --bundle $(BUNDLE) --precision fp32
 	$(BIN)/blt-run compare --bundle $(BUNDLE) --precision int8
 	$(BIN)/blt-run compare --bundle $(BUNDLE) --precision int8-dynamic
+
+# The Gradio demo (blt-demo) on the default bundle with ONNX Runtime: http://127.0.0.1:7860
+demo: $(VENV)/.installed-demo $(BUNDLE)/manifest.json
+	$(BIN)/blt-demo --bundle $(BUNDLE) --backend ort
 
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

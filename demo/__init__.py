@@ -1,1 +1,4 @@
-"""fastblt.demo — reserved for the Gradio app over fastblt.runtime's public API (not built yet)."""
+"""fastblt.demo — the Gradio app (`blt-demo`): races the decoding modes over fastblt.runtime's public API.
+
+`race` and `render` need no gradio; `app` builds and launches the Blocks app (pip install 'fastblt[demo]').
+"""

@@ -16,6 +16,11 @@ from dataclasses import dataclass, field
 from fastblt.graphs.params import param_counts
 
 
+def bandwidth_gb(params: dict, n_enc: int, n_dec: int) -> float:
+    """The paper's bandwidth: 2·(N_dec·P_dec + N_enc·(P_enc+P_glob))/1e9 (16-bit weights)."""
+    return 2 * (n_dec * params["decoder"] + n_enc * (params["encoder"] + params["global"])) / 1e9
+
+
 @dataclass
 class Counters:
     mode: str
@@ -32,13 +37,12 @@ class Counters:
     def report(self, session, new_bytes: int, prefill_calls: dict | None = None,
                prefill_seconds: dict | None = None) -> dict:
         params = param_counts(session.config)
-        p_dec, p_encglob = params["decoder"], params["encoder"] + params["global"]
         calls = dict(session.calls)
         actual_dec = calls.get("decoder_step", 0) + calls.get("decoder_block", 0)
         actual_enc = calls.get("global", 0)
 
         def bandwidth(n_enc: int, n_dec: int) -> float:
-            return 2 * (n_dec * p_dec + n_enc * p_encglob) / 1e9
+            return bandwidth_gb(params, n_enc, n_dec)
 
         out = {
             "n_enc": self.paper_n_enc, "n_dec": self.paper_n_dec,
