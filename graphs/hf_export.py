@@ -86,8 +86,8 @@ def save_hf(model, path: str | Path, *, drop_special_rows: bool = True, max_patc
         autoregressive bytes; only the diffusion inputs MASK/PAD, which HF cannot use anyway, are lost.
     max_patch_length: "keep" writes the model's cap, so `load_model` gets the same model back. None writes no
         cap: with a cap, HF's forward ignores the boundary the next byte brings at the last position (see
-        README), so its last-row logits — the ones greedy decoding reads — can differ from fastblt's. Without a
-        cap, HF and fastblt reading this directory agree on every row.
+        docs/architecture.md), so its last-row logits — the ones greedy decoding reads — can differ from
+        fastblt's. Without a cap, HF and fastblt reading this directory agree on every row.
 
     The BLT-D fields (mask_id, pad_id, block_sizes) have no HF equivalent and are not written.
     """
