@@ -85,7 +85,7 @@ def build_bundle(model, out: Path, precisions: tuple[str, ...] = ("fp32", "int8"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     try:
-        with BuildLog(tmp / BUILD_LOG, log, bars) as blog:
+        with BuildLog(tmp / BUILD_LOG, log, bars, out / BUILD_LOG) as blog:
             _build(model, tmp, precisions, block_sizes, engines, heldout, fused, blog)
         _replace(tmp, out)
     except Exception:
@@ -203,7 +203,7 @@ def quantize_bundle(bundle: Path, precisions: tuple[str, ...], log=print, bars: 
     try:
         shutil.rmtree(tmp)
         shutil.copytree(bundle, tmp)
-        with BuildLog(tmp / BUILD_LOG, log, bars) as blog:
+        with BuildLog(tmp / BUILD_LOG, log, bars, bundle / BUILD_LOG) as blog:
             heldout = heldout_windows(None, 256, 16)
             prompts = prompts_from(heldout, 8)
             with blog.stage("calibration: real-text inputs", 4, "prompts") as bar:
@@ -297,7 +297,7 @@ def engine_bundle(bundle: Path, precisions: tuple[str, ...], log=print, bars: bo
         shutil.rmtree(tmp)
         shutil.copytree(bundle, tmp)
         manifest["engines"] = [e for e in manifest.get("engines", []) if e["precision"] not in precisions]
-        with BuildLog(tmp / BUILD_LOG, log, bars) as blog:
+        with BuildLog(tmp / BUILD_LOG, log, bars, bundle / BUILD_LOG) as blog:
             _engines(tmp, manifest, precisions, manifest["block_sizes"], blog)
             write_manifest(tmp, manifest)
         _replace(tmp, bundle)

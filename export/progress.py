@@ -56,8 +56,9 @@ class BuildLog:
     """Context manager: stage lines go to the terminal (`echo`, or stderr with bars), everything libraries
     write goes to `path`. Without bars, each stage is one `echo` line when it starts."""
 
-    def __init__(self, path: Path, echo=print, bars: bool = False) -> None:
+    def __init__(self, path: Path, echo=print, bars: bool = False, final_path: Path | None = None) -> None:
         self.path, self.echo, self.bars = Path(path), echo, bars
+        self.final_path = Path(final_path or path)  # where the log ends up (the bundle is built in a temp dir)
         self.warned: Counter[str] = Counter()  # warnings that matter, by first line
         self.notices = 0  # library warnings kept in the log only
         self._stack = contextlib.ExitStack()
@@ -93,7 +94,8 @@ class BuildLog:
         for text, n in self.warned.items():
             self.say(f"warning{f' (×{n})' if n > 1 else ''}: {text}")
         if self.notices:
-            self.say(f"{self.notices} library notices (deprecations, exporter and quantizer advice) in {self.path}")
+            self.say(f"{self.notices} library notices (deprecations, exporter and quantizer advice) in "
+                     f"{self.final_path}")
 
     def _restore(self) -> None:
         for stream in (sys.stdout, sys.stderr):
@@ -131,8 +133,9 @@ class BuildLog:
     @contextlib.contextmanager
     def stage(self, label: str, total: int, unit: str = "graphs"):
         """One stage: a bar of `total` steps on a terminal (or one line), its name in the log."""
-        self.file.write(f"== {label} ({total} {unit})\n")
-        if not self.bars:
+        if self.bars:  # the bar shows it on the terminal
+            self.file.write(f"== {label} ({total} {unit})\n")
+        else:
             self.say(f"{label} ({total} {unit})")
         bar = _Bar(self.term_err, label, total, unit, self.bars)
         try:
