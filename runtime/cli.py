@@ -34,8 +34,8 @@ def main() -> None:
 @click.option("--block-size", type=int, default=8, show_default=True, help="BLT-D/BLT-DV block size B.")
 @click.option("--draft-k", type=int, default=4, show_default=True, help="BLT-S draft window k.")
 @click.option("--block-start", type=click.Choice(BLOCK_STARTS), default=None,
-              help="BLT-D/BLT-DV blocks start at the open patch's start (as trained; BLT-DV default) or after the "
-                   "sequence with the open patch closed by force (the paper's; BLT-D default).")
+              help="BLT-D/BLT-DV blocks start at the open patch's start (as trained; the default) or after the "
+                   "sequence with the open patch closed by force (the paper's).")
 @click.option("--alpha", type=float, default=None, help="Unmask by confidence > ALPHA (BLT-D default 0.7).")
 @click.option("--gamma", type=float, default=None, help="Unmask by entropy bound GAMMA (nats).")
 @click.option("--one-step", is_flag=True, help="Unmask the whole block in one step (BLT-DV default).")

@@ -1,4 +1,4 @@
-"""Per-request counters in the paper's accounting and in the actual one (decoding-modes.md §2.9).
+"""Per-request counters in the paper's accounting and in the actual one (docs/architecture.md).
 
 Paper: N_enc counts encoder+global (E+G) invocations as the paper does (AR: one per patch; BLT-D: one per
 block; BLT-S/BLT-DV: two per iteration), N_dec counts decoder calls (AR: one per byte; BLT-D: diffusion steps;

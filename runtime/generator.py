@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import codecs
-import importlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -12,13 +11,12 @@ from typing import Any
 from fastblt.graphs.params import param_counts
 from fastblt.runtime import host
 from fastblt.runtime.counters import Counters, bandwidth_gb
-from fastblt.runtime.modes import MODES
+from fastblt.runtime.modes import MODES, REGISTRY
 from fastblt.runtime.sampling import Sampler, SamplingConfig
-from fastblt.runtime.session import BLOCK_STARTS, Session
+from fastblt.runtime.session import Session
 from fastblt.runtime.unmask import UnmaskConfig
 
 MAX_NEW_BYTES_LIMIT = 1 << 20
-_MODE_MODULES = {"ar": "ar", "bltd": "diffusion", "blts": "selfspec", "bltdv": "diffusion_verify"}
 
 
 @dataclass
@@ -66,7 +64,7 @@ class Generator:
         BLT-D/BLT-DV take `block_size` and `unmask` (confidence α, entropy-bounded γ or one-step); BLT-S takes
         `draft_k`. `block_start` places BLT-D/BLT-DV blocks at the open patch's start ("patch", as in training)
         or after the sequence with the open patch closed by force ("forced", the paper's); None takes the
-        mode's default (BLT-D: forced, BLT-DV: patch). Sampling uses a generator seeded per request."""
+        mode's default ("patch"). Sampling uses a generator seeded per request."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; valid modes are {list(MODES)}")
         if not isinstance(max_new_bytes, int) or isinstance(max_new_bytes, bool) or not (
@@ -74,25 +72,17 @@ class Generator:
             raise ValueError(f"max_new_bytes={max_new_bytes!r} must be an integer in [1, {MAX_NEW_BYTES_LIMIT}]")
         sampler = Sampler(SamplingConfig(temperature, top_k, top_p, seed), self.config.vocab_size)
         stops = [s.encode("utf-8") if isinstance(s, str) else bytes(s) for s in (stop or []) if s]
-        module = importlib.import_module(f"fastblt.runtime.modes.{_MODE_MODULES[mode]}")
+        module = REGISTRY[mode].load()
         if unmask is not None:
             unmask.validate()
-        if mode in ("bltd", "bltdv"):
-            from fastblt.runtime.modes.diffusion import check_model
-
-            check_model(self.config, block_size)
-            block_start = module.BLOCK_START if block_start is None else block_start
-            if block_start not in BLOCK_STARTS:
-                raise ValueError(f"block_start={block_start!r}; valid values are {list(BLOCK_STARTS)}")
-        if mode == "blts" and not (isinstance(draft_k, int) and 1 <= draft_k <= 64):
-            raise ValueError(f"draft_k={draft_k!r} must be an integer in [1, 64]")
-        return self._events(prompt, mode, max_new_bytes, sampler, stops, module,
-                            dict(block_size=block_size, draft_k=draft_k, unmask=unmask, block_start=block_start))
+        options = module.prepare(self.config, dict(block_size=block_size, draft_k=draft_k, unmask=unmask,
+                                                   block_start=block_start))
+        return self._events(prompt, mode, max_new_bytes, sampler, stops, module, options)
 
     def _events(self, prompt, mode, max_new_bytes, sampler, stops, module, options) -> Iterator[dict]:
         ids = host.encode(prompt)
         start = time.perf_counter()
-        session = Session(self.backend, slack=_slack(mode, options))
+        session = Session(self.backend, slack=module.slack(options))
         session.commit(ids)
         prefill = time.perf_counter() - start
         prefill_calls, prefill_seconds = dict(session.calls), dict(session.seconds)
@@ -140,16 +130,6 @@ class Generator:
             if event["type"] == "done":
                 return event["result"]
         raise RuntimeError("generation ended without a result")  # unreachable: stream always finishes
-
-
-def _slack(mode: str, options: dict) -> int:
-    """The deepest rollback (and the most outstanding drafts) a mode needs: the KV caches keep no more.
-    BLT-D reads up to B/2 committed rows again (a block at the open patch's start)."""
-    if mode == "blts":
-        return options["draft_k"]
-    if mode == "bltd":
-        return options["block_size"] // 2 if options["block_start"] == "patch" else 0
-    return options["block_size"] if mode == "bltdv" else 0
 
 
 def _find_stop(out: bytearray, stops: list[bytes], new: int) -> int | None:

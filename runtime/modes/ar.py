@@ -10,6 +10,14 @@ from fastblt.runtime.sampling import Sampler
 from fastblt.runtime.session import Session
 
 
+def prepare(config, options: dict) -> dict:
+    return options
+
+
+def slack(options: dict) -> int:
+    return 0
+
+
 def run(session: Session, sampler: Sampler, budget: int, counters: Counters, **_options) -> Iterator[dict]:
     logits = session.logits()
     for _ in range(budget):

@@ -15,7 +15,7 @@ import numpy as np
 
 from fastblt.runtime.counters import Counters
 from fastblt.runtime.sampling import Sampler
-from fastblt.runtime.session import Session
+from fastblt.runtime.session import BLOCK_STARTS, Session
 from fastblt.runtime.unmask import UnmaskConfig, select
 
 
@@ -57,6 +57,23 @@ def fill_block(session: Session, sampler: Sampler, rule: UnmaskConfig, block: np
     return block, q
 
 
+def prepare(config, options: dict, default_start: str | None = None) -> dict:
+    """Checks block size, unmasking rule and block start; fills the mode's default block start."""
+    check_model(config, options.get("block_size", 8))
+    if options.get("unmask") is not None:
+        options["unmask"].validate()
+    if options.get("block_start") is None:
+        options["block_start"] = default_start or BLOCK_START
+    if options["block_start"] not in BLOCK_STARTS:
+        raise ValueError(f"block_start={options['block_start']!r}; valid values are {list(BLOCK_STARTS)}")
+    return options
+
+
+def slack(options: dict) -> int:
+    """A block at the open patch's start re-reads up to B/2 committed rows; a forced one none."""
+    return options["block_size"] // 2 if options["block_start"] == "patch" else 0
+
+
 def open_block(session: Session, block_size: int, block_start: str, first: int | None = None):
     """(start, block, memory) of the next diffusion block: known bytes (and `first`, an exact next byte) then
     MASK, with every row reading the anchor's latent."""
@@ -69,7 +86,7 @@ def open_block(session: Session, block_size: int, block_start: str, first: int |
     return start, block, np.repeat(latent[None], block_size, axis=0)
 
 
-BLOCK_START = "forced"  # faster per byte than "patch": a block then yields B new bytes, not fewer
+BLOCK_START = "patch"  # the trained layout; as many graph calls per byte as "forced" (docs/architecture.md)
 
 
 def run(session: Session, sampler: Sampler, budget: int, counters: Counters, block_size: int = 8,

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 from fastblt.runtime.counters import Counters
 from fastblt.runtime.host import EOS
+from fastblt.runtime.modes import diffusion
 from fastblt.runtime.modes.diffusion import check_model, fill_block, open_block
 from fastblt.runtime.modes.verify import verify
 from fastblt.runtime.sampling import Sampler
@@ -20,6 +21,15 @@ from fastblt.runtime.session import Session
 from fastblt.runtime.unmask import UnmaskConfig
 
 BLOCK_START = "patch"  # no forced-closure global call per iteration, and drafts in the trained layout
+
+
+def prepare(config, options: dict) -> dict:
+    return diffusion.prepare(config, options, default_start=BLOCK_START)
+
+
+def slack(options: dict) -> int:
+    """A rejected draft rolls back at most the block: B."""
+    return options["block_size"]
 
 
 def run(session: Session, sampler: Sampler, budget: int, counters: Counters, block_size: int = 8,

@@ -15,10 +15,21 @@ from fastblt.runtime.session import Session
 MAX_DRAFT = 64
 
 
+def prepare(config, options: dict) -> dict:
+    draft_k = options.get("draft_k", 4)
+    if not isinstance(draft_k, int) or isinstance(draft_k, bool) or not 1 <= draft_k <= MAX_DRAFT:
+        raise ValueError(f"draft_k={draft_k!r} must be an integer in [1, {MAX_DRAFT}]")
+    return options
+
+
+def slack(options: dict) -> int:
+    """Drafts outstanding at once and the deepest rollback: k."""
+    return options["draft_k"]
+
+
 def run(session: Session, sampler: Sampler, budget: int, counters: Counters, draft_k: int = 4,
         **_options) -> Iterator[dict]:
-    if not isinstance(draft_k, int) or not 1 <= draft_k <= MAX_DRAFT:
-        raise ValueError(f"draft_k={draft_k!r} must be an integer in [1, {MAX_DRAFT}]")
+    prepare(session.config, {"draft_k": draft_k})
     produced = 0
     nxt = sampler.sample(session.logits())  # exact: drawn from the model's own distribution
     while produced < budget:
