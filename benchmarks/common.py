@@ -202,7 +202,8 @@ def progress(total: int, desc: str, quiet: bool = False):
 # ---- mode settings ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Setting:
-    """One decoding mode with its options, e.g. `blts/k=16`, `bltd/B=8/alpha=0.7`, `bltdv/B=8/one_step`."""
+    """One decoding mode with its options, e.g. `blts/k=16`, `bltd/B=8/alpha=0.7`, `bltdv/B=8/one_step`,
+    `bltd/B=8/alpha=0.7/forced` (blocks after the sequence with the open patch closed by force)."""
 
     spec: str
     mode: str
@@ -217,7 +218,7 @@ class Setting:
         if self.mode in ("bltd", "bltdv"):
             u = o["unmask"]
             rule = {"confidence": f"α={u.alpha:g}", "entropy": f"γ={u.gamma:g}", "one_step": "one-step"}[u.rule]
-            return f"{name} B={o['block_size']} {rule}"
+            return f"{name} B={o['block_size']} {rule}" + (" forced" if o.get("block_start") == "forced" else "")
         return name
 
     @property
@@ -241,6 +242,7 @@ def parse_setting(spec: str) -> Setting:
         if mode == "blts":
             assert set(opts) == {"k"}
             return Setting(spec, mode, {"draft_k": int(opts["k"])})
+        start = "forced" if opts.pop("forced", None) is not None else None
         assert "B" in opts and len(opts) == 2
         if "alpha" in opts:
             unmask = UnmaskConfig("confidence", alpha=float(opts["alpha"]))
@@ -249,10 +251,10 @@ def parse_setting(spec: str) -> Setting:
         else:
             assert "one_step" in opts
             unmask = UnmaskConfig("one_step")
-        return Setting(spec, mode, {"block_size": int(opts["B"]), "unmask": unmask.validate()})
+        return Setting(spec, mode, {"block_size": int(opts["B"]), "unmask": unmask.validate(), "block_start": start})
     except (AssertionError, ValueError):
         raise BenchError(f"mode setting {spec!r}: ar takes no options; blts takes k=N; bltd/bltdv take B=N and one "
-                         "of alpha=X, gamma=X, one_step") from None
+                         "of alpha=X, gamma=X, one_step (and optionally forced)") from None
 
 
 def parse_settings(text: str) -> list[Setting]:
