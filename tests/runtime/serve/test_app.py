@@ -31,6 +31,8 @@ CASES = [
     ({"prompt": "東京", "mode": "bltd", "block_size": 8, "unmask": "entropy", "gamma": 1.0},
      ["--mode", "bltd", "--block-size", "8", "--gamma", "1.0"]),
     ({"prompt": "", "mode": "bltdv", "block_size": 4}, ["--mode", "bltdv", "--block-size", "4"]),
+    ({"prompt": "if x:", "mode": "bltd", "block_size": 4, "block_start": "forced"},
+     ["--mode", "bltd", "--block-size", "4", "--block-start", "forced"]),
     ({"prompt": "import os", "temperature": 0.9, "top_p": 0.95, "seed": 7},
      ["--temperature", "0.9", "--top-p", "0.95", "--seed", "7"]),
 ]
@@ -135,6 +137,7 @@ BAD = [  # (request body, status, param, words the message must contain)
     ({"prompt": "x", "temperature": "hot"}, 400, "temperature", "must be a number"),
     ({"prompt": "x", "top_p": 0}, 400, "top_p", "top_p=0.0 must be in (0, 1]"),
     ({"prompt": "x", "mode": "bltd", "block_size": 4, "unmask": "greedy"}, 400, "unmask", "valid rules are"),
+    ({"prompt": "x", "mode": "bltd", "block_size": 4, "block_start": "middle"}, 400, "block_start", "valid values"),
     ({"prompt": "x", "block_sise": 4}, 400, "block_sise", "unrecognized request argument"),
     ({"prompt": "x", "n": 2}, 400, "n", "n=2 is not supported"),
     ({"prompt": "x" * 4000, "max_tokens": 200}, 400, "max_tokens", "exceed the model's context of 4095 bytes"),
