@@ -132,12 +132,14 @@ def train(run_dir, out, preset, config_path, corpora, patcher_steps, steps, batc
 @click.option("--block-sizes", default="4,8,16", show_default=True)
 @click.option("--block-probs", default="0.4,0.4,0.2", show_default=True)
 @click.option("--mask-weight", type=float, default=1.0, show_default=True, help="λ in L_clean + λ·L_mask.")
+@click.option("--distill", type=float, default=0.0, show_default=True,
+              help="Fraction of sequences whose block targets are the model's own greedy continuation.")
 @click.option("--eval-every", type=int, default=500, show_default=True)
 @click.option("--ckpt-every", type=int, default=100, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quiet", is_flag=True)
 def train_decoder(checkpoint, run_dir, out, corpora, steps, batch_size, seq_len, lr, block_sizes, block_probs,
-                  mask_weight, eval_every, ckpt_every, seed, quiet):
+                  mask_weight, distill, eval_every, ckpt_every, seed, quiet):
     """Adapt an existing BLT (native or HF) to BLT-D: patcher, encoder and global stay frozen."""
     try:
         from fastblt.graphs.pipeline import adapt_decoder
@@ -146,8 +148,8 @@ def train_decoder(checkpoint, run_dir, out, corpora, steps, batch_size, seq_len,
         sizes = _ints(block_sizes)
         tc = TrainConfig(objective="decoder", steps=steps, lr=lr, warmup=min(200, steps // 10 + 1), seq_len=seq_len,
                          batch_size=batch_size, block_sizes=sizes, block_probs=_floats(block_probs),
-                         mask_weight=mask_weight, corpora=tuple(corpora) or ("stdlib",), eval_every=eval_every,
-                         ckpt_every=ckpt_every, seed=seed)
+                         mask_weight=mask_weight, distill=distill, corpora=tuple(corpora) or ("stdlib",),
+                         eval_every=eval_every, ckpt_every=ckpt_every, seed=seed)
         path = adapt_decoder(checkpoint, run_dir, tc, out, progress=not quiet)
     except (ValueError, OSError) as exc:
         _fail(exc)
