@@ -7,15 +7,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from fastblt.benchmarks import quality
 from fastblt.benchmarks.cli import main
 from fastblt.benchmarks.common import BenchError, heldout_prompts, parse_setting
-from fastblt.graphs.config import tiny_config
 from fastblt.graphs.data import corpus_documents
-from fastblt.graphs.model import BltModel
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("matplotlib")
@@ -23,20 +20,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    from fastblt.export.bundle import build_bundle
-    from fastblt.graphs.data import windows
-
-    torch.manual_seed(0)
-    model = BltModel(tiny_config(vocab_size=262, mask_id=260, pad_id=261, block_sizes=(4, 8),
-                                 patch_threshold=3.5)).eval()
-    with torch.no_grad():
-        model.patcher.lm_head.weight.mul_(10.0)
-    text = b"def add(a, b):\n    return a + b\n\n\nclass Point:\n    pass\n" * 4
-    out = tmp_path_factory.mktemp("bench") / "tiny"
-    # fp32 standard graphs only: a bundle export is the slow part of these tests
-    return build_bundle(model, out, ("fp32",), engines="no", log=lambda m: None,
-                        heldout=list(windows(text, 64))[:2], fused=False)
+def bundle(tiny_bundle):
+    return tiny_bundle
 
 
 def _run(args, ok: bool = True):
@@ -61,8 +46,8 @@ def _outputs(out, name: str, figures: list[str]) -> dict:
 def test_graphs(bundle, tmp_path):
     _run(["graphs", "--bundle", bundle, "--contexts", "16,40", "--calls", "8", "--out", tmp_path, "--quiet"])
     section = _outputs(tmp_path, "graphs", ["graph_ms_vs_bound.png"])["sections"]["graphs"]
-    # the fused layout is timed where the bundle has it; this one has none
-    assert [(t["precision"], t["layout"]) for t in section["targets"]] == [("fp32", "standard")]
+    # the fused layout is timed where the bundle has it, as a second target
+    assert [(t["precision"], t["layout"]) for t in section["targets"]] == [("fp32", "fused"), ("fp32", "standard")]
     labels = {r["graph"] for t in section["targets"] for r in t["rows"]}
     assert {"patcher", "encoder", "decoder_step", "decoder_block B=4", "decoder_block B=8"} <= labels
     for t in section["targets"]:

@@ -18,38 +18,18 @@ pytest.importorskip("gradio")
 pytest.importorskip("onnxruntime")
 
 CAP = 256
-PRINTABLE = [10] + list(range(32, 127))  # newline and printable ASCII
 
 
 @pytest.fixture(scope="session")
-def demo_model():
-    import torch
-
-    from fastblt.graphs.config import tiny_config
-    from fastblt.graphs.model import BltModel
-
-    torch.manual_seed(5)
-    m = BltModel(tiny_config(vocab_size=262, mask_id=260, pad_id=261, block_sizes=(4, 8), patch_threshold=3.5,
-                             window=32)).eval()
-    with torch.no_grad():
-        m.patcher.lm_head.weight.mul_(10.0)
-        keep = torch.zeros(262, dtype=torch.bool)
-        keep[[b + 4 for b in PRINTABLE]] = True
-        m.lm_head.weight.mul_(3.0)
-        m.lm_head.weight[~keep] = 0.0  # every other byte (and EOS) scores 0: greedy text stays printable
-    return m
+def demo_model(tiny_bltd):
+    return tiny_bltd
 
 
 @pytest.fixture(scope="session")
-def demo_bundle(demo_model, tmp_path_factory) -> Path:
+def demo_bundle(tiny_bundle) -> Path:
     if os.environ.get("BLT_DEMO_TEST_BUNDLE"):
         return Path(os.environ["BLT_DEMO_TEST_BUNDLE"])
-    from fastblt.export.bundle import build_bundle
-    from fastblt.graphs.data import windows
-
-    text = b"def add(a, b):\n    return a + b\n\n\nclass Point:\n    def __init__(self, x, y):\n" * 2
-    return build_bundle(demo_model, tmp_path_factory.mktemp("demo") / "bundle", ("fp32",), engines="no",
-                        log=lambda m: None, heldout=list(windows(text, 96))[:2])
+    return tiny_bundle
 
 
 @pytest.fixture(scope="session")

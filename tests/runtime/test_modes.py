@@ -139,12 +139,20 @@ def test_session_slack_bounds_drafts_and_rollback_with_clear_errors():
 
 
 def test_generator_sessions_keep_only_what_their_mode_needs():
-    from fastblt.runtime.generator import _slack
+    from fastblt.runtime.modes import REGISTRY
 
-    assert _slack("ar", {"draft_k": 4, "block_size": 8}) == 0
-    assert _slack("bltd", {"draft_k": 4, "block_size": 8}) == 0
-    assert _slack("blts", {"draft_k": 16, "block_size": 8}) == 16
-    assert _slack("bltdv", {"draft_k": 4, "block_size": 16}) == 16
+    cfg = _model(0).config
+
+    def slack(mode, **options):
+        module = REGISTRY[mode].load()
+        return module.slack(module.prepare(cfg, dict(dict(draft_k=4, block_size=8, unmask=None,
+                                                          block_start=None), **options)))
+
+    assert slack("ar") == 0
+    assert slack("bltd") == 4 and slack("bltd", block_size=16) == 8  # a block re-reads up to B/2 committed rows
+    assert slack("bltd", block_start="forced") == 0
+    assert slack("blts", draft_k=16) == 16
+    assert slack("bltdv", block_size=16) == 16
 
 
 def _first_bytes(gen, mode, n, **kw):
@@ -185,9 +193,15 @@ def test_counters_closed_forms():
             layer.o_proj.weight.zero_()
     gen = Generator(TorchBackend(model))
     for block in (4, 8, 16):
-        out = gen.generate("abc", mode="bltd", max_new_bytes=48, block_size=block)
+        out = gen.generate("abc", mode="bltd", max_new_bytes=48, block_size=block, block_start="forced")
         if out.stop_reason != "eos":
             assert out.counters["n_enc"] == -(-48 // block)
+            assert out.counters["n_dec"] == sum(out.counters["steps_per_block"])
+            # after the first block, the next block's forced latent rides in the commit's global call
+            assert out.counters["decode_graph_calls"].get("global", 0) <= out.counters["iterations"] + 1
+        out = gen.generate("abc", mode="bltd", max_new_bytes=48, block_size=block)  # blocks at the open patch
+        if out.stop_reason != "eos":  # one E+G per block; a block that re-reads known bytes yields fewer new ones
+            assert out.counters["n_enc"] == out.counters["iterations"] >= -(-48 // block)
             assert out.counters["n_dec"] == sum(out.counters["steps_per_block"])
     for k in (1, 3, 7):
         out = gen.generate("abc", mode="blts", max_new_bytes=48, draft_k=k)

@@ -6,11 +6,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-import torch
 
-from fastblt.graphs.config import tiny_config
-from fastblt.graphs.data import windows
-from fastblt.graphs.model import BltModel
 from fastblt.runtime.generator import Generator
 
 pytest.importorskip("onnxruntime")
@@ -23,25 +19,15 @@ REQUESTS = [(p, MODES[i % 4], dict(max_new_bytes=24 + 4 * i, draft_k=2 + i % 3, 
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(3)
-    m = BltModel(tiny_config(vocab_size=262, mask_id=260, pad_id=261, block_sizes=(4, 8), patch_threshold=3.5,
-                             window=32)).eval()
-    with torch.no_grad():
-        m.patcher.lm_head.weight.mul_(10.0)
-        m.lm_head.weight.mul_(3.0)
-    return m
+def model(tiny_bltd):
+    return tiny_bltd
 
 
 @pytest.fixture(scope="module")
-def fused(model, tmp_path_factory):
-    from fastblt.export.bundle import build_bundle
+def fused(tiny_bundle):
     from fastblt.runtime.backends.ort import OrtBackend
 
-    text = b"def add(a, b):\n    return a + b\n\n\nclass Point:\n    def __init__(self, x, y):\n" * 2
-    out = build_bundle(model, tmp_path_factory.mktemp("bundles") / "tiny", ("fp32",), engines="no",
-                       log=lambda m: None, heldout=list(windows(text, 96))[:2])
-    backend = OrtBackend(out, "fp32")
+    backend = OrtBackend(tiny_bundle, "fp32")
     assert backend.layout == "fused" and backend.in_place_graphs  # the path whose bindings were shared
     return Generator(backend)
 
