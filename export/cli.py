@@ -77,14 +77,15 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--ckpt-every", type=int, default=100, show_default=True)
 @click.option("--threads", type=int, default=None, help="torch threads per process (default: cores / processes).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--no-bf16", is_flag=True, help="Train in fp32 instead of bf16 autocast.")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
+              help="Autocast dtype; auto = bf16 where the CPU has native bf16 (AVX512-BF16/AMX), else fp32.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--init-from", type=click.Path(), default=None,
               help="Continue training this BLT (e.g. the bundled default model): all its weights, patcher and θ "
                    "are kept, the patcher stage is skipped; --preset/--config/--max-patch-length are ignored.")
 def train(run_dir, out, preset, config_path, corpora, patcher_steps, steps, batch_size, seq_len, lr, block_sizes,
           block_probs, mask_weight, target_patch_size, max_patch_length, eval_every, ckpt_every, threads, seed,
-          no_bf16, quiet, init_from):
+          precision, quiet, init_from):
     """Train a BLT-D from scratch (entropy patcher, θ search, then next-byte + block-diffusion training), or
     continue one with --init-from. Runs under `torchrun --nproc_per_node=N` (gloo) for data parallelism."""
     import dataclasses
@@ -105,7 +106,7 @@ def train(run_dir, out, preset, config_path, corpora, patcher_steps, steps, batc
             cfg = dataclasses.replace(cfg, vocab_size=max(cfg.vocab_size, 262), mask_id=260, pad_id=261)
         cfg = dataclasses.replace(cfg, max_patch_length=max_patch_length, block_sizes=_ints(block_sizes)).validate()
         common = dict(seq_len=seq_len, batch_size=batch_size, corpora=tuple(corpora) or ("stdlib",),
-                      eval_every=eval_every, ckpt_every=ckpt_every, seed=seed, bf16=not no_bf16)
+                      eval_every=eval_every, ckpt_every=ckpt_every, seed=seed, **_precision(precision))
         patcher_tc = TrainConfig(objective="patcher", steps=patcher_steps, lr=3e-3,
                                  warmup=min(100, patcher_steps // 10 + 1), **common).validate(cfg)
         warmup = min(100 if init_from else 300, steps // 10 + 1)  # a continuation needs only a short warmup
@@ -137,9 +138,11 @@ def train(run_dir, out, preset, config_path, corpora, patcher_steps, steps, batc
 @click.option("--eval-every", type=int, default=500, show_default=True)
 @click.option("--ckpt-every", type=int, default=100, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
+              help="Autocast dtype; auto = bf16 where the CPU has native bf16 (AVX512-BF16/AMX), else fp32.")
 @click.option("--quiet", is_flag=True)
 def train_decoder(checkpoint, run_dir, out, corpora, steps, batch_size, seq_len, lr, block_sizes, block_probs,
-                  mask_weight, distill, eval_every, ckpt_every, seed, quiet):
+                  mask_weight, distill, eval_every, ckpt_every, seed, precision, quiet):
     """Adapt an existing BLT (native or HF) to BLT-D: patcher, encoder and global stay frozen."""
     try:
         from fastblt.graphs.pipeline import adapt_decoder
@@ -149,11 +152,16 @@ def train_decoder(checkpoint, run_dir, out, corpora, steps, batch_size, seq_len,
         tc = TrainConfig(objective="decoder", steps=steps, lr=lr, warmup=min(200, steps // 10 + 1), seq_len=seq_len,
                          batch_size=batch_size, block_sizes=sizes, block_probs=_floats(block_probs),
                          mask_weight=mask_weight, distill=distill, corpora=tuple(corpora) or ("stdlib",),
-                         eval_every=eval_every, ckpt_every=ckpt_every, seed=seed)
+                         eval_every=eval_every, ckpt_every=ckpt_every, seed=seed, **_precision(precision))
         path = adapt_decoder(checkpoint, run_dir, tc, out, progress=not quiet)
     except (ValueError, OSError) as exc:
         _fail(exc)
     click.echo(f"wrote {path}")
+
+
+def _precision(choice: str) -> dict:
+    """TrainConfig keyword for --precision (auto leaves the config's CPU-dependent default)."""
+    return {} if choice == "auto" else {"bf16": choice == "bf16"}
 
 
 def _say(message: str) -> None:

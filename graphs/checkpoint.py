@@ -132,6 +132,21 @@ def load_model(path: str | Path, dtype: Any = None):
     return model.eval()
 
 
+def stored_dtype(path: str | Path):
+    """The floating dtype a checkpoint's weights are stored in, so a derived checkpoint keeps its precision."""
+    import torch
+    from safetensors import safe_open
+
+    path = Path(path)
+    if path.is_dir():
+        with safe_open(str(_weights_files(path)[0]), "pt") as fh:
+            for key in fh.keys():
+                dtype = fh.get_slice(key).get_dtype()
+                if dtype in ("BF16", "F16", "F32"):
+                    return {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}[dtype]
+    return torch.float32
+
+
 def save_model(model, path: str | Path, dtype: Any = None, extra_files: dict[str, str] | None = None) -> Path:
     """Write a native checkpoint atomically (temp directory, then rename)."""
     from safetensors.torch import save_file

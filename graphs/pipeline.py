@@ -85,14 +85,15 @@ def train_bltd(run_dir: Path, model_cfg: BltConfig, patcher_tc: TrainConfig, mai
 TRAINING_FILE = "training.json"
 
 
-def training_record(calib: dict, patcher_tc: TrainConfig, tc: TrainConfig, trainer: Trainer, prior: list[dict],
+def training_record(calib: dict, patcher_tc: TrainConfig | None, tc: TrainConfig, trainer: Trainer, prior: list[dict],
                     from_scratch: bool) -> dict:
     """What the model card states, machine-readable (written next to the weights as training.json), so a
     continuation can carry the lineage forward: patching calibration plus one entry per training stage."""
     stage = {"objective": tc.objective, "init": "scratch" if from_scratch else "continued", "steps": trainer.step,
              "processes": trainer.world, "batch_size": tc.batch_size, "seq_len": tc.seq_len, "lr": tc.lr,
              "warmup": tc.warmup, "block_sizes": list(tc.block_sizes), "block_probs": list(tc.block_probs),
-             "mask_weight": tc.mask_weight, "corpora": list(tc.corpora), "bytes_seen": trainer.bytes_seen,
+             "mask_weight": tc.mask_weight, "distill": tc.distill, "precision": "bf16" if tc.bf16 else "fp32",
+             "corpora": list(tc.corpora), "bytes_seen": trainer.bytes_seen,
              "seconds": round(trainer.seconds, 1),
              "history": trainer.history}
     patching = dict(calib)
@@ -130,11 +131,7 @@ def model_card(cfg: BltConfig, record: dict) -> str:
         f"measured mean patch length {calib['mean_patch_size']:.2f} bytes (target {calib['target_patch_size']}) |",
     ]
     for i, st in enumerate(stages, 1):
-        lines.append(
-            f"| BLT-D stage {i} ({st['init']}) | {st['steps']} steps × {st['processes']} process(es) × "
-            f"{st['batch_size']} × {st['seq_len']} bytes, block sizes {st['block_sizes']} (p = {st['block_probs']}), "
-            f"loss L_clean + {st.get('mask_weight', 1.0):g}·L_mask, "
-            f"lr {st['lr']} cosine, bf16 autocast; {st['bytes_seen']:,} bytes, {st['seconds'] / 3600:.2f} h |")
+        lines.append(f"| BLT-D stage {i} ({_stage_kind(st)}) | {_stage_text(st)} |")
     lines += [
         f"| bytes seen (all BLT-D stages) | {sum(st['bytes_seen'] for st in stages):,} |",
         f"| wall time (all BLT-D stages) | {sum(st['seconds'] for st in stages) / 3600:.2f} h |",
@@ -149,6 +146,21 @@ def model_card(cfg: BltConfig, record: dict) -> str:
     return "\n".join(lines)
 
 
+def _stage_kind(st: dict) -> str:
+    return st["init"] + (", decoder only" if st.get("objective") == "decoder" else "")
+
+
+def _stage_text(st: dict) -> str:
+    corpora = st.get("corpora", ["stdlib"])
+    data = "" if corpora == ["stdlib"] else f"corpora {', '.join(Path(c).name for c in corpora)}; "
+    distill = (f", {st['distill']:g} of sequences with the model's greedy continuation as block targets"
+               if st.get("distill") else "")
+    return (f"{st['steps']} steps × {st['processes']} process(es) × {st['batch_size']} × {st['seq_len']} bytes, "
+            f"{data}block sizes {st['block_sizes']} (p = {st['block_probs']}), "
+            f"loss L_clean + {st.get('mask_weight', 1.0):g}·L_mask{distill}, lr {st['lr']} cosine, "
+            f"{st.get('precision', 'bf16')}; {st['bytes_seen']:,} bytes, {st['seconds'] / 3600:.2f} h")
+
+
 def _lineage(path: Path) -> dict:
     """The training record of an earlier model; a model trained elsewhere gets one built from its config."""
     rec = path / TRAINING_FILE
@@ -157,7 +169,9 @@ def _lineage(path: Path) -> dict:
             return json.loads(rec.read_text())
         except ValueError as exc:
             raise TrainError(f"{rec}: not valid JSON ({exc}); delete it to continue without the lineage") from None
-    cfg = BltConfig.load(path / "config.json") if (path / "config.json").is_file() else None
+    from fastblt.graphs.checkpoint import read_config
+
+    cfg = read_config(path)[0] if (path / "config.json").is_file() else None
     return {"patching": {"patch_threshold": cfg.patch_threshold if cfg else float("nan"),
                          "max_patch_length": cfg.max_patch_length if cfg else None,
                          "mean_patch_size": float("nan"), "target_patch_size": None}, "stages": []}
@@ -197,7 +211,7 @@ def with_diffusion_vocab(model: BltModel, block_sizes: tuple[int, ...]) -> BltMo
 def adapt_decoder(checkpoint: Path, run_dir: Path, tc: TrainConfig, out: Path | None = None,
                   progress: bool = True) -> Path:
     """Train only the decoder (and the MASK/PAD embeddings) of an existing BLT with the BLT-D objective."""
-    from fastblt.graphs.checkpoint import load_model
+    from fastblt.graphs.checkpoint import load_model, stored_dtype
 
     rank, world = init_distributed()
     run_dir = Path(run_dir)
@@ -208,6 +222,9 @@ def adapt_decoder(checkpoint: Path, run_dir: Path, tc: TrainConfig, out: Path | 
     trainer.train(progress)
     out = Path(out or run_dir / "model")
     if rank == 0:
-        export_model(model.eval(), out, dtype=torch.float32)
+        lineage = _lineage(Path(checkpoint))
+        record = training_record(lineage["patching"], None, tc, trainer, lineage["stages"], False)
+        export_model(model.eval(), out, dtype=stored_dtype(checkpoint), card=model_card(model.config, record),
+                     extra={TRAINING_FILE: json.dumps(record, indent=2)})
     _barrier(world)
     return out

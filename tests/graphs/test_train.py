@@ -103,6 +103,9 @@ def test_decoder_adaptation_on_hf_blt(tmp_path, corpus, hf_checkpoints):
     ids = torch.tensor([[1] + [c + 4 for c in TEXT.encode()][:40]])
     with torch.no_grad():  # boundaries are those of the original model
         assert torch.equal(original.forward_details(ids)["starts"], adapted.forward_details(ids)["starts"])
+    record = json.loads((out / "training.json").read_text())  # the lineage names the decoder-only stage
+    assert record["stages"][-1]["objective"] == "decoder" and record["stages"][-1]["steps"] == 3
+    assert "decoder only" in (out / "README.md").read_text()
 
 
 def test_continue_a_trained_model(tmp_path, corpus):
