@@ -46,6 +46,19 @@ def _prime_powers(prime: int, n: int) -> np.ndarray:
     return np.array(_powers(prime, n), dtype=np.uint64)
 
 
+@functools.cache
+def _power_matrix(sizes: tuple[int, ...], n_functions: int) -> np.ndarray:
+    """[max(sizes), n_functions·len(sizes)]: column (f, g) holds prime_f^0..^(g-1) against the window's last g
+    ids, zeros above, so one matrix product hashes every n-gram of every position."""
+    gmax = max(sizes)
+    mat = np.zeros((gmax, n_functions * len(sizes)), dtype=np.uint64)
+    for f in range(n_functions):
+        prime = HASH_PRIMES[f % len(HASH_PRIMES)]
+        for j, g in enumerate(sizes):
+            mat[gmax - g:, f * len(sizes) + j] = _prime_powers(prime, g)
+    return mat
+
+
 def _hash_one(window: list[int], sizes: Sequence[int], vocab: int, n_functions: int, fused: bool) -> list[int]:
     """Hash ids of the last position of `window` (its max(sizes) ids, zeros before the sequence), in plain
     Python ints: a decode step hashes one byte, where numpy's per-call overhead would dominate."""
@@ -80,24 +93,17 @@ def hash_ids(
     if ids.size == 1:
         window = [0] * gmax + [int(i) for i in history[max(len(history) - gmax + 1, 0):]] + [int(ids[0])]
         return np.array([_hash_one(window[-gmax:], sizes, vocab, n_functions, fused)], dtype=np.int64)
+    if ids.size == 0:
+        return np.zeros((0, n_functions * len(sizes)), dtype=np.int64)
     hist = np.asarray(list(history)[-(gmax - 1):] if gmax > 1 else [], dtype=np.int64)
     hist = np.concatenate([np.zeros(gmax - 1 - hist.size, dtype=np.int64), hist])
     full = np.concatenate([hist, ids]).astype(np.uint64)
-    t = ids.size
-    out = np.empty((t, n_functions * len(sizes)), dtype=np.int64)
-    col = 0
+    windows = np.lib.stride_tricks.sliding_window_view(full, gmax)  # [t, gmax], oldest id first
     with np.errstate(over="ignore"):
-        for f in range(n_functions):
-            prime = HASH_PRIMES[f % len(HASH_PRIMES)]
-            for g in sizes:
-                powers = _prime_powers(prime, g)
-                acc = np.zeros(t, dtype=np.uint64)
-                start = gmax - g  # first window starts g-1 before ids[0]
-                for i in range(g):
-                    acc += full[start + i: start + i + t] * powers[i]
-                signed = acc.view(np.int64)
-                out[:, col] = np.mod(signed, vocab) + (col * vocab if fused else 0)
-                col += 1
+        acc = windows @ _power_matrix(tuple(sizes), n_functions)  # uint64 products and sums wrap mod 2^64
+    out = np.mod(acc.view(np.int64), vocab)
+    if fused:
+        out += np.arange(out.shape[1], dtype=np.int64) * vocab
     return out
 
 
