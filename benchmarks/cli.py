@@ -121,7 +121,8 @@ def graphs_cmd(bundle, checkpoint, backend, precision, device, out, quiet, layou
 
 
 def _graph_targets(bundle, checkpoint, backend, precision, device, layout) -> list[Target]:
-    from fastblt.runtime.manifest import Manifest, fused_key
+    from fastblt.graphs.constants import fused_key
+    from fastblt.runtime.manifest import Manifest
 
     ts = targets(bundle, checkpoint, backend, precision, device, layout, ("fp32", "int8-dynamic"))
     if not bundle:

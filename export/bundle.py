@@ -25,8 +25,9 @@ from fastblt.export.quantize import (
     quantize_graph,
 )
 from fastblt.graphs.checkpoint import replace_dir
+from fastblt.graphs.constants import BOE, BOS, EOS, fused_key, graph_key
 from fastblt.graphs.spec import FUSED_GRAPHS, GRAPH_NAMES, fused_graph_specs, graph_specs
-from fastblt.runtime.manifest import fused_key, graph_key, is_standard, sha256_file, write_manifest
+from fastblt.runtime.manifest import is_standard, sha256_file, write_manifest
 
 FUSED_PRECISIONS = ("fp32", "int8-dynamic")  # the CPU precisions; TensorRT never reads the fused layout
 BUILD_LOG = "build.log"  # what the exporter, quantizers and ONNX Runtime printed, in the bundle
@@ -124,7 +125,7 @@ def _build(model, tmp: Path, precisions, block_sizes, engines, heldout, fused, b
     entries, validation = _export_and_validate(tmp, cfg, jobs, blog)
     manifest = {"created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                 "model": cfg.to_dict(), "opset": OPSET, "block_sizes": list(block_sizes),
-                "special_ids": {"boe": 0, "bos": 1, "eos": 2, "mask": cfg.mask_id, "pad": cfg.pad_id},
+                "special_ids": {"boe": BOE, "bos": BOS, "eos": EOS, "mask": cfg.mask_id, "pad": cfg.pad_id},
                 "patching": {"threshold": cfg.patch_threshold, "max_patch_length": cfg.max_patch_length},
                 "precisions": ["fp32"], "graphs": entries, "validation": validation,
                 "quantization": {}, "engines": [], "tools": _versions()}

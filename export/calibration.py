@@ -11,9 +11,9 @@ from collections import defaultdict
 
 import numpy as np
 
+from fastblt.graphs.constants import feed_key
 from fastblt.runtime.generator import Generator
-from fastblt.runtime.host import OFFSET
-from fastblt.runtime.manifest import graph_key
+from fastblt.runtime.host import decode_bytes
 from fastblt.runtime.session import Session
 from fastblt.runtime.unmask import UnmaskConfig
 
@@ -28,7 +28,7 @@ class RecordingBackend:
 
     def run(self, graph, feeds):
         out = self.inner.run(graph, feeds)
-        key = graph_key(graph, feeds["states"].shape[1]) if graph == "decoder_block" else graph
+        key = feed_key(graph, feeds)
         if len(self.records[key]) < self.limit:
             self.records[key].append(({k: v.copy() for k, v in feeds.items()}, {k: v.copy() for k, v in out.items()}))
         return out
@@ -87,4 +87,4 @@ def greedy_agreement(reference, other, prompts: list[bytes], new_bytes: int = 64
 
 
 def prompts_from(windows: list[list[int]], n: int, length: int = 96) -> list[bytes]:
-    return [bytes(i - OFFSET for i in w[1:length + 1] if OFFSET <= i < OFFSET + 256) for w in windows[:n]]
+    return [decode_bytes(w[1:length + 1]) for w in windows[:n]]

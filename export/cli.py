@@ -96,6 +96,7 @@ def train(run_dir, out, preset, config_path, corpora, patcher_steps, steps, batc
 
         from fastblt.graphs import BltConfig
         from fastblt.graphs.config import PRESETS as CONFIGS
+        from fastblt.graphs.constants import DIFFUSION_VOCAB, MASK_ID, PAD_ID
         from fastblt.graphs.pipeline import train_bltd
         from fastblt.graphs.train import TrainConfig
 
@@ -103,7 +104,8 @@ def train(run_dir, out, preset, config_path, corpora, patcher_steps, steps, batc
         torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // world))
         cfg = BltConfig.load(config_path) if config_path else CONFIGS[preset]()
         if cfg.mask_id is None:  # BLT-D needs MASK and PAD ids above the byte vocabulary
-            cfg = dataclasses.replace(cfg, vocab_size=max(cfg.vocab_size, 262), mask_id=260, pad_id=261)
+            cfg = dataclasses.replace(cfg, vocab_size=max(cfg.vocab_size, DIFFUSION_VOCAB), mask_id=MASK_ID,
+                                      pad_id=PAD_ID)
         cfg = dataclasses.replace(cfg, max_patch_length=max_patch_length, block_sizes=_ints(block_sizes)).validate()
         common = dict(seq_len=seq_len, batch_size=batch_size, corpora=tuple(corpora) or ("stdlib",),
                       eval_every=eval_every, ckpt_every=ckpt_every, seed=seed, **_precision(precision))

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fastblt.runtime.trt_device import probe, split_graph_key, versions
+from fastblt.graphs.constants import split_graph_key
+from fastblt.runtime.trt_device import probe, versions
 
 MODES = ("ar", "bltd", "blts", "bltdv")
 NO_GPU, FAILED = 2, 1

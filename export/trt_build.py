@@ -15,8 +15,9 @@ import os
 import warnings
 from pathlib import Path
 
+from fastblt.graphs.constants import graph_key
 from fastblt.graphs.spec import GraphSpec, TensorSpec
-from fastblt.runtime.manifest import graph_key, sha256_file
+from fastblt.runtime.manifest import sha256_file
 from fastblt.runtime.trt_device import (  # noqa: F401  (re-exported: the builder's public API)
     FP8_MIN_CC,
     PRECISIONS,
@@ -38,7 +39,6 @@ from fastblt.runtime.trt_device import (  # noqa: F401  (re-exported: the builde
     probe,
     require_device,
     shared_logger,
-    split_graph_key,
 )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fastblt.runtime import host
+from fastblt.graphs.patching import patch_lengths, patch_starts
 
 
 class CalibrationError(ValueError):
@@ -25,7 +25,7 @@ def entropies(model, rows: list[list[int]]) -> list[np.ndarray]:
 
 def mean_patch_length(rows: list[np.ndarray], theta: float, max_len: int | None) -> float:
     n = sum(r.size for r in rows)
-    patches = sum(len(host.patch_lengths(host.patch_starts(r, theta, max_len))) for r in rows)
+    patches = sum(len(patch_lengths(patch_starts(r, theta, max_len))) for r in rows)
     return n / patches
 
 

@@ -14,12 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fastblt.graphs.constants import BYTE_VOCAB, HASH_PRIMES
+
 FORMAT_VERSION = 1
-BYTE_VOCAB = 260  # 256 byte values + BOE/BOS/EOS/BPE-delimiter
-HASH_PRIMES = (
-    1000000007, 5915587277, 1500450271, 3267000013, 5754853343, 4093082899,
-    9576890767, 3628273133, 2860486313, 5463458053, 3367900313,
-)
 SUPPORTED_BLOCK_SIZES = (4, 8, 16, 32)
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastblt.runtime.host import BOS, EOS, OFFSET
+from fastblt.graphs.constants import BOS, EOS, OFFSET
 
 TEST_DIRS = {"test", "tests", "idle_test"}
 TEXT_SUFFIXES = {".py", ".txt", ".md", ".rst", ".c", ".h", ".json", ".toml", ".cfg", ".ini", ".yaml", ".yml",

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from fastblt.graphs.checkpoint import CONFIG_FILE, WEIGHTS_FILE, replace_dir
-from fastblt.graphs.config import BYTE_VOCAB, BltConfig, TransformerConfig
+from fastblt.graphs.config import BltConfig, TransformerConfig
+from fastblt.graphs.constants import BYTE_VOCAB
 
 # Matrices with one row per token id (MASK/PAD rows sit at ids ≥ 260).
 VOCAB_KEYS = ("patcher.embed_tokens.weight", "patcher.lm_head.weight", "local_encoder.embed_tokens.weight",

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastblt.graphs.config import BYTE_VOCAB, HASH_PRIMES, BltConfig
+from fastblt.graphs.config import BltConfig
+from fastblt.graphs.constants import BYTE_VOCAB, HASH_PRIMES
 from fastblt.graphs.layers import NEG, CrossAttention, RMSNorm, Stack, past_positions, window_bias
 
 

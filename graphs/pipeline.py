@@ -12,6 +12,7 @@ import torch
 
 from fastblt.graphs.calibrate import entropies, search_threshold
 from fastblt.graphs.config import BltConfig
+from fastblt.graphs.constants import BYTE_VOCAB, DIFFUSION_VOCAB, MASK_ID, OFFSET, PAD_ID
 from fastblt.graphs.data import heldout_windows
 from fastblt.graphs.model import BltModel
 from fastblt.graphs.train import TrainConfig, Trainer, TrainError, export_model, init_distributed
@@ -190,8 +191,8 @@ def with_diffusion_vocab(model: BltModel, block_sizes: tuple[int, ...]) -> BltMo
     if cfg.mask_id is not None and cfg.pad_id is not None:
         new_cfg = dataclasses.replace(cfg, block_sizes=block_sizes)
     else:
-        new_cfg = dataclasses.replace(cfg, vocab_size=max(cfg.vocab_size, 262), mask_id=260, pad_id=261,
-                                      block_sizes=block_sizes)
+        new_cfg = dataclasses.replace(cfg, vocab_size=max(cfg.vocab_size, DIFFUSION_VOCAB), mask_id=MASK_ID,
+                                      pad_id=PAD_ID, block_sizes=block_sizes)
     new = BltModel(new_cfg.validate())
     state = new.state_dict()
     with torch.no_grad():
@@ -203,7 +204,7 @@ def with_diffusion_vocab(model: BltModel, block_sizes: tuple[int, ...]) -> BltMo
                 target.zero_()
                 target[: value.shape[0]] = value
                 if name == "local_encoder.embed_tokens.weight":
-                    target[value.shape[0]:] = value[4:260].mean(0)
+                    target[value.shape[0]:] = value[OFFSET:BYTE_VOCAB].mean(0)
     new.load_state_dict(state)
     return new
 

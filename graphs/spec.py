@@ -12,12 +12,13 @@ import functools
 from dataclasses import dataclass
 
 from fastblt.graphs.config import BltConfig, TransformerConfig
+from fastblt.graphs.constants import MAX_CHUNK, ROLLBACK_SLACK
 
 
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
-    dtype: str  # "int64" | "float32" | "bool"
+    dtype: str  # one of constants.TENSOR_DTYPES
     shape: tuple[int | str, ...]
 
 
@@ -123,8 +124,6 @@ def fused_graph_specs(cfg: BltConfig) -> dict[str, GraphSpec]:
     return out
 
 
-MAX_CHUNK = 512  # most new bytes one patcher/encoder/decoder_step call takes (prefill is chunked to this)
-ROLLBACK_SLACK = 64  # cache entries kept beyond the window for rollback (mirrors runtime.session)
 
 
 def dim_ranges(cfg: BltConfig, block_size: int | None = None) -> dict[str, tuple[int, int, int]]:

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastblt.graphs.checkpoint import save_model
-from fastblt.graphs.config import BYTE_VOCAB, SUPPORTED_BLOCK_SIZES
+from fastblt.graphs.config import SUPPORTED_BLOCK_SIZES
+from fastblt.graphs.constants import BYTE_VOCAB
 from fastblt.graphs.data import Stream, batches, corpus_documents, heldout_windows
 from fastblt.graphs.diffusion import bltd_loss
 from fastblt.graphs.evaluate import evaluate

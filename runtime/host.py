@@ -1,7 +1,9 @@
 """Host-side integer bookkeeping (numpy, no torch): byte ids, hash n-gram ids, patch boundaries, patch ids.
 
-This is the one torch-free implementation the runtime uses between graph calls. The int64 hash is computed
-here, not in a graph, because ONNX Runtime and TensorRT do not reproduce int64 wrap-around (docs/architecture.md).
+This is the one torch-free implementation the runtime uses between graph calls. The patch rule itself lives in
+graphs/patching.py, because the patcher's θ search (training) applies the same rule and graphs never import
+the runtime. The int64 hash is computed here, not in a graph, because ONNX Runtime and TensorRT do not
+reproduce int64 wrap-around (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-BOE, BOS, EOS, BPE_DELIM = 0, 1, 2, 3
-OFFSET = 4
+from fastblt.graphs.constants import BOE, BOS, BPE_DELIM, EOS, HASH_PRIMES, OFFSET
+from fastblt.graphs.patching import next_is_start, patch_ids, patch_lengths, patch_starts
+
+__all__ = [
+    "BOE", "BOS", "EOS", "BPE_DELIM", "OFFSET", "HASH_PRIMES", "encode", "decode_bytes", "hash_ids",
+    "patch_starts", "next_is_start", "patch_ids", "patch_lengths",
+]
 _MASK = 0xFFFFFFFFFFFFFFFF
-HASH_PRIMES = (
-    1000000007, 5915587277, 1500450271, 3267000013, 5754853343, 4093082899,
-    9576890767, 3628273133, 2860486313, 5463458053, 3367900313,
-)
 
 
 def encode(data: bytes | str, bos: bool = True, eos: bool = False) -> list[int]:
@@ -105,53 +108,3 @@ def hash_ids(
     if fused:
         out += np.arange(out.shape[1], dtype=np.int64) * vocab
     return out
-
-
-def patch_starts(
-    entropies: np.ndarray | Sequence[float],
-    threshold: float,
-    max_patch_length: int | None = None,
-) -> np.ndarray:
-    """Boolean start flags for positions 0..N (N = len(entropies)); position N is the next, unseen byte.
-
-    Position 0 (BOS) and 1 always start; t ≥ 2 starts iff H[t-1] > θ, or its patch already holds
-    `max_patch_length` bytes (splitting from the patch start, so prefixes never change when bytes are appended).
-    """
-    h = np.asarray(entropies, dtype=np.float64).reshape(-1)
-    n = h.size
-    starts = np.zeros(n + 1, dtype=bool)
-    starts[: min(2, n + 1)] = True
-    if n >= 2:
-        starts[2:] = h[1:] > threshold
-    if max_patch_length is not None:
-        pos = np.arange(n + 1)
-        last = np.maximum.accumulate(np.where(starts, pos, 0))
-        starts |= (pos - last) % max_patch_length == 0
-    return starts
-
-
-def next_is_start(
-    entropy: float, n: int, current_patch_start: int, threshold: float, max_patch_length: int | None = None
-) -> bool:
-    """Incremental form of `patch_starts`: does position n start a patch, given H[n-1] and the open patch?"""
-    if n <= 1:
-        return True
-    if entropy > threshold:
-        return True
-    return max_patch_length is not None and n - current_patch_start >= max_patch_length
-
-
-def patch_ids(starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(encoder patch id e(t), decoder patch id d(t) = e(t+1) - 1) for t < N, from start flags of 0..N."""
-    starts = np.asarray(starts, dtype=bool)
-    csum = np.cumsum(starts)
-    e = csum[:-1] - 1
-    d = csum[1:] - 2
-    return e.astype(np.int64), d.astype(np.int64)
-
-
-def patch_lengths(starts: np.ndarray) -> list[int]:
-    """Lengths of the patches that hold at least one of positions 0..N-1."""
-    n = len(starts) - 1
-    pos = [int(i) for i in np.flatnonzero(starts[:n])] + [n]
-    return [b - a for a, b in zip(pos, pos[1:], strict=False)]

@@ -32,16 +32,6 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def graph_key(graph: str, block_size: int | None = None) -> str:
-    """Manifest key of a graph file: decoder_block is exported once per static block size."""
-    return f"{graph}_{block_size}" if graph == "decoder_block" else graph
-
-
-def fused_key(graph: str) -> str:
-    """Manifest key of a graph's fused-layout file (ONNX Runtime CPU only; graphs/incremental/fused.py)."""
-    return f"fused_{graph}"
-
-
 def is_standard(entry: dict) -> bool:
     """Whether a manifest graph entry is the portable layout (what TensorRT and Polygraphy read)."""
     return entry.get("layout", "standard") == "standard"

@@ -23,11 +23,10 @@ import time
 
 import numpy as np
 
-from fastblt.graphs.spec import MAX_CHUNK
+from fastblt.graphs.constants import MAX_CHUNK, ROLLBACK_SLACK
 from fastblt.runtime import host
 from fastblt.runtime.cache import KVCache
 
-ROLLBACK_SLACK = 64
 BLOCK_STARTS = ("patch", "forced")
 TRIM_EVERY = 256  # host rows (encoder states, logits) dropped in batches: one copy per 256 bytes, not per call
 NEG = np.finfo(np.float32).min

@@ -282,9 +282,3 @@ def check_engine(record: dict, info: DeviceInfo, onnx_sha256: str) -> None:
                                   f"{record.get('precision')}) does not match: {'; '.join(diffs)}. Engines only run "
                                   f"on the GPU, compute capability and TensorRT version that built them; {REBUILD}")
 
-
-def split_graph_key(key: str) -> tuple[str, int | None]:
-    """Inverse of `graph_key`: "decoder_block_8" -> ("decoder_block", 8)."""
-    if key.startswith("decoder_block_"):
-        return "decoder_block", int(key.removeprefix("decoder_block_"))
-    return key, None

@@ -33,9 +33,6 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-_DTYPES = {"int64": np.int64, "int32": np.int32, "float32": np.float32, "bool": np.bool_}
-
-
 def check_feeds(spec: GraphSpec, feeds: dict[str, np.ndarray]) -> None:
     names = spec.input_names
     if len(feeds) != len(names) or any(n not in feeds for n in names):
@@ -45,7 +42,7 @@ def check_feeds(spec: GraphSpec, feeds: dict[str, np.ndarray]) -> None:
                         f"expected {list(spec.input_names)}")
     for ts in spec.inputs:
         arr = feeds[ts.name]
-        if not isinstance(arr, np.ndarray) or arr.dtype != _DTYPES[ts.dtype]:
+        if not isinstance(arr, np.ndarray) or arr.dtype != np.dtype(ts.dtype):
             got = arr.dtype if isinstance(arr, np.ndarray) else type(arr).__name__
             raise FeedError(f"graph {spec.name!r}: input {ts.name!r} must be a numpy {ts.dtype} array, got {got}")
         if arr.ndim != len(ts.shape):

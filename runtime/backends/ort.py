@@ -18,9 +18,10 @@ import warnings
 
 import numpy as np
 
+from fastblt.graphs.constants import feed_key, fused_key, graph_key
 from fastblt.graphs.spec import FUSED_GRAPHS, fused_graph_specs, graph_specs
 from fastblt.runtime.backends import resolve
-from fastblt.runtime.manifest import BundleError, Manifest, fused_key, graph_key
+from fastblt.runtime.manifest import BundleError, Manifest
 
 try:
     import onnxruntime as ort
@@ -84,7 +85,7 @@ class OrtBackend:
 
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         spec = resolve(self.specs, graph, feeds, self.check)
-        key = graph_key(graph, feeds["states"].shape[1]) if graph == "decoder_block" else graph
+        key = feed_key(graph, feeds)
         session = self.sessions.get(key)
         if session is None:
             raise BundleError(f"this bundle has no decoder_block for block size {feeds['states'].shape[1]} "

@@ -26,8 +26,6 @@ import onnxruntime as ort
 from fastblt.graphs.spec import GraphSpec
 from fastblt.runtime.backends import check_feeds
 
-_NP = {"int64": np.int64, "int32": np.int32, "float32": np.float32, "bool": np.bool_}
-
 
 class InPlaceGraph:
     def __init__(self, session: ort.InferenceSession, spec: GraphSpec) -> None:
@@ -109,8 +107,8 @@ class _OneRow:
                  shapes: dict[str, tuple[int, ...]]) -> None:
         self.session, self.caches = session, caches
         self.binding = session.io_binding()
-        self.inputs = {ts.name: np.zeros(shapes[ts.name], _NP[ts.dtype]) for ts in spec.inputs}
-        self.outputs = {ts.name: np.zeros(shapes[ts.name], _NP[ts.dtype]) for ts in spec.outputs}
+        self.inputs = {ts.name: np.zeros(shapes[ts.name], ts.dtype) for ts in spec.inputs}
+        self.outputs = {ts.name: np.zeros(shapes[ts.name], ts.dtype) for ts in spec.outputs}
         self.past_length = np.zeros(1, dtype=np.int32)
         self._values = []  # OrtValues over the buffers, kept alive with the binding
         for name, buf in (*self.inputs.items(), ("past_length", self.past_length)):

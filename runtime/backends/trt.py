@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from fastblt.graphs.constants import feed_key, split_graph_key
 from fastblt.graphs.spec import GraphSpec, graph_specs
 from fastblt.runtime.backends import FeedError, resolve
-from fastblt.runtime.manifest import BundleError, Manifest, graph_key, is_standard
+from fastblt.runtime.manifest import BundleError, Manifest, is_standard
 from fastblt.runtime.trt_device import (
     REBUILD,
     TRT_HINT,
@@ -24,7 +25,6 @@ from fastblt.runtime.trt_device import (
     cuda_check,
     import_cudart,
     require_device,
-    split_graph_key,
 )
 
 try:
@@ -34,7 +34,6 @@ except ImportError:
 
 cudart = import_cudart()
 
-_SPEC_DTYPES = {"int64": np.dtype(np.int64), "float32": np.dtype(np.float32), "bool": np.dtype(np.bool_)}
 _MIN_ALLOC = 256  # never hand TensorRT a null address, even for an empty (T = 0) cache tensor
 
 
@@ -132,7 +131,7 @@ class _Engine:
                 cuda_check(cudart, cudart.cudaMemcpyAsync(arr.ctypes.data, self.buffers[name][0], arr.nbytes, kind,
                                                           stream), f"device->host copy of {name!r}")
         cuda_check(cudart, cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
-        return {ts.name: outs[ts.name].astype(_SPEC_DTYPES[ts.dtype], copy=False) for ts in self.spec.outputs}
+        return {ts.name: outs[ts.name].astype(ts.dtype, copy=False) for ts in self.spec.outputs}
 
     def free(self) -> None:
         for ptr, _ in self.buffers.values():
@@ -215,7 +214,7 @@ class TensorRTBackend:
 
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         resolve(self.specs, graph, feeds, self.check)
-        key = graph_key(graph, feeds["states"].shape[1] if graph == "decoder_block" else None)
+        key = feed_key(graph, feeds)
         with self._lock:
             if self._stream is None:
                 raise RuntimeError("this TensorRT backend is closed")

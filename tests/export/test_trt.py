@@ -350,7 +350,7 @@ def test_bundle_engines_match_the_torch_reference(gpu, trt_bundle):
     """Per graph and output against torch; the modes only have to run (a tiny random model's greedy bytes can
     flip on a near tie without the engine being wrong: `make gpu-check` compares real-text calls instead)."""
     from fastblt.export.onnx_export import sample_feeds
-    from fastblt.export.trt_build import split_graph_key
+    from fastblt.graphs.constants import split_graph_key
     from fastblt.runtime.backends.torch_ref import TorchBackend
     from fastblt.runtime.backends.trt import TensorRTBackend
     from fastblt.runtime.generator import Generator
