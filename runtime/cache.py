@@ -26,6 +26,8 @@ class KVCache:
         self.v = np.zeros_like(self.k)
         self.start = 0  # absolute position of slot 0
         self.length = 0  # filled slots
+        self.version = 0  # bumped by every change of the cached entries (invalidates `visible`'s copy)
+        self._visible: tuple = (None, None)
 
     @property
     def end(self) -> int:
@@ -40,8 +42,11 @@ class KVCache:
             raise ValueError(f"entries before position {position} are not all kept (cache holds "
                              f"{self.start}..{self.end - 1}); keep a larger slack")
         n = hi if self.window is None else min(hi, self.window - 1)
-        return (np.ascontiguousarray(self.k[:, :, :, hi - n:hi]),
-                np.ascontiguousarray(self.v[:, :, :, hi - n:hi]))
+        key = (self.version, self.start, hi, n)
+        if self._visible[0] != key:  # a diffusion block reads the same prefix at every step: copy it once
+            self._visible = (key, (np.ascontiguousarray(self.k[:, :, :, hi - n:hi]),
+                                   np.ascontiguousarray(self.v[:, :, :, hi - n:hi])))
+        return self._visible[1]
 
     def sees_window_at(self, position: int) -> bool:
         """Whether a token at `position` (≤ end) would still find every entry it may attend."""
@@ -53,6 +58,7 @@ class KVCache:
         self.k[:, :, :, self.length:self.length + t] = k
         self.v[:, :, :, self.length:self.length + t] = v
         self.length += t
+        self.version += 1
 
     def reserve(self, t: int) -> None:
         """Make slots length .. length+t-1 exist (dropping entries older than the window plus slack, or
@@ -65,6 +71,7 @@ class KVCache:
     def advance(self, t: int) -> None:
         """Count t entries written in place (at slots length .. length+t-1) as cached."""
         self.length += t
+        self.version += 1
 
     def truncate(self, position: int) -> None:
         """Drop entries at positions ≥ `position` (rollback)."""
@@ -72,6 +79,7 @@ class KVCache:
             raise ValueError(f"cannot roll back to position {position}: the cache only reaches back to "
                              f"{self.start} (rollback depth is bounded by the window slack)")
         self.length = min(self.length, position - self.start)
+        self.version += 1
 
     def _compact(self) -> None:
         """Drop all but the newest `keep` entries, in place (the buffers stay the same arrays)."""
@@ -80,8 +88,10 @@ class KVCache:
         self.v[:, :, :, : self.keep] = self.v[:, :, :, drop:self.length]
         self.start += drop
         self.length = self.keep
+        self.version += 1
 
     def _grow(self, t: int) -> None:
         cap = max(2 * self.k.shape[3], self.length + t)
         grow = ((0, 0), (0, 0), (0, 0), (0, cap - self.k.shape[3]), (0, 0))
         self.k, self.v = np.pad(self.k, grow), np.pad(self.v, grow)
+        self.version += 1

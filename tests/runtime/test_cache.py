@@ -39,3 +39,21 @@ def test_prefill_longer_than_the_buffer_then_rollback_within_slack():
     assert cache.end == 497
     with pytest.raises(ValueError, match="rollback depth"):
         cache.truncate(cache.start - 1)
+
+
+def test_visible_copy_is_reused_only_while_the_entries_are_unchanged():
+    cache = KVCache(n_layers=1, heads=1, head_dim=2, window=8, slack=2)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        cache.append(*rng.standard_normal((2, 1, 1, 1, 1, 2)).astype(np.float32))
+    first = cache.visible(4)
+    assert cache.visible(4)[0] is first[0]  # same prefix: no new copy
+    cache.truncate(3)
+    cache.append(*np.full((2, 1, 1, 1, 1, 2), 7.0, dtype=np.float32))  # rewrites position 3
+    k, _ = cache.visible(4)
+    assert (k[..., 3, :] == 7.0).all() and np.array_equal(k[..., :3, :], first[0][..., :3, :])
+    start = cache.start
+    for _ in range(80):  # compaction moves entries: the copy follows
+        cache.append(*rng.standard_normal((2, 1, 1, 1, 1, 2)).astype(np.float32))
+    k, _ = cache.visible()
+    assert cache.start > start and np.array_equal(k, cache.k[:, :, :, cache.length - 7:cache.length])
