@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastblt.benchmarks.common import BenchError, atomic_write, fmt, heldout_text, progress, summary, table
+from fastblt.benchmarks.common import BenchError, fmt, heldout_text, progress, summary, table
+from fastblt.graphs.atomic import atomic_file
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def _bundle(model, hf_dir: Path, out: Path, precisions: tuple[str, ...], fused: 
     if stamp.is_file() and stamp.read_text() == h.hexdigest() and (out / "manifest.json").is_file():
         return out
     build(model, out, precisions, engines="no", log=lambda m: None, fused=fused)
-    atomic_write(stamp, h.hexdigest())
+    atomic_file(stamp, h.hexdigest())
     return out
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import click
 
-from fastblt.benchmarks.common import BenchError, Target, atomic_write, machine, parse_settings
+from fastblt.benchmarks.common import BenchError, Target, machine, parse_settings
+from fastblt.graphs.atomic import atomic_file
 from fastblt.runtime.backends import BACKENDS
 
 DEFAULT_OUT = "blt-bench-results"
@@ -39,7 +40,7 @@ def targets(bundle, checkpoint, backend, precision, device, layout, fallback: tu
                          "`blt-export build --out DIR`)")
     from fastblt.runtime.manifest import Manifest
 
-    have = Manifest.load(bundle).precisions
+    have = list(Manifest.load(bundle).precisions)
     if precision in ("auto", "all"):
         chosen = [p for p in fallback if p in have] if precision == "auto" else []
         chosen = chosen or have
@@ -63,7 +64,7 @@ def finish(name: str, sections: dict, out: str, quiet: bool, note: str | None = 
             "command": "blt-bench " + shlex.join(sys.argv[1:]), "results_file": path.name, "sections": sections}
     if note:
         data["note"] = note
-    atomic_write(path, json.dumps(data, indent=1, default=str) + "\n")
+    atomic_file(path, json.dumps(data, indent=1, default=str) + "\n")
     report.write(data, out_dir / f"{name}.md", quiet)
     click.echo(f"wrote {path}, {out_dir / name}.md and {out_dir / name}/*.png", err=True)
     return path

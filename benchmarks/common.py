@@ -9,7 +9,6 @@ import platform
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -175,19 +174,6 @@ def table(headers: list[str], rows: list[list]) -> str:
 
 
 # ---- output ----------------------------------------------------------------------------------------------------
-def atomic_write(path: Path, data: str | bytes) -> Path:
-    """Write via a temp file in the same folder, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def progress(total: int, desc: str, quiet: bool = False):

@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 
 from fastblt.benchmarks import anchor, decode, graphs, paper, quality
-from fastblt.benchmarks.common import BenchError, atomic_write, machine_line
+from fastblt.benchmarks.common import BenchError, machine_line
+from fastblt.graphs.atomic import atomic_file
 
 FORMAT = "fastblt-bench"
 SECTIONS = {"graphs": graphs, "decode": decode, "quality": quality, "paper": paper, "anchor": anchor}
@@ -117,7 +118,7 @@ def make_plots(data: dict, folder: Path) -> dict[str, list[tuple[str, str]]]:
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110)
         plt.close(fig)
-        atomic_write(folder / file, buf.getvalue())
+        atomic_file(folder / file, buf.getvalue())
 
     figures = {}
     for name, section in data["sections"].items():
@@ -133,7 +134,7 @@ def write(data: dict, md_path: Path, quiet: bool = False) -> Path:
     folder = md_path.with_suffix("")
     figures = make_plots(data, folder)
     text = render(data, figures, folder.name)
-    atomic_write(md_path, text)
+    atomic_file(md_path, text)
     if not quiet:
         print(text)
     return md_path

@@ -11,10 +11,10 @@ tensorrt and cuda-python are imported inside functions, so this module imports o
 from __future__ import annotations
 
 import hashlib
-import os
 import warnings
 from pathlib import Path
 
+from fastblt.graphs.atomic import atomic_file
 from fastblt.graphs.constants import graph_key
 from fastblt.graphs.spec import GraphSpec, TensorSpec
 from fastblt.runtime.manifest import sha256_file
@@ -61,17 +61,6 @@ def profile_shapes(spec: GraphSpec, ranges: dict) -> dict[str, tuple[tuple[int, 
         per_dim = [_dim_range(spec, ts, d, ranges) for d in ts.shape]
         shapes[ts.name] = tuple(tuple(r[i] for r in per_dim) for i in range(3))
     return shapes
-
-
-def _write_atomic(path: Path, data) -> None:
-    """Write via a temp file and os.replace, so a crash never leaves a truncated engine behind."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _parser_errors(parser) -> list[str]:
@@ -174,10 +163,10 @@ def build_engine(onnx_path: str | Path, spec: GraphSpec, ranges: dict, precision
     out_dir.mkdir(parents=True, exist_ok=True)
     if cache_path is not None:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(cache_path, memoryview(cache.serialize()))
+        atomic_file(cache_path, memoryview(cache.serialize()))
     data = memoryview(plan)
     path = out_dir / f"{engine_key(info, onnx_sha, precision)}.plan"
-    _write_atomic(path, data)
+    atomic_file(path, data)
     return {"graph_key": key_name, "precision": precision, "path": path.name,
             "sha256": hashlib.sha256(data).hexdigest(), "gpu_name": info.gpu_name,
             "compute_capability": info.compute_capability, "trt_version": info.trt_version,

@@ -7,13 +7,11 @@ A native checkpoint stores the fastblt config and tensors named as in `BltModel.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
+from fastblt.graphs.atomic import atomic_dir
 from fastblt.graphs.config import BltConfig, ConfigError, TransformerConfig
 
 CONFIG_FILE = "config.json"
@@ -152,32 +150,14 @@ def save_model(model, path: str | Path, dtype: Any = None, extra_files: dict[str
     from safetensors.torch import save_file
 
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    with atomic_dir(dest) as tmp:
         tensors = {k: (v.to(dtype) if dtype is not None else v).detach().contiguous()
                    for k, v in model.state_dict().items()}
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "producer": "fastblt"})
         (tmp / CONFIG_FILE).write_text(model.config.to_json(), encoding="utf-8")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
-        replace_dir(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dest
-
-
-def replace_dir(tmp: Path, dest: Path) -> None:
-    """Move a fully written temp directory into place: readers see the old or the new one, never a mix."""
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dest, old)
-        os.replace(tmp, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, dest)
 
 
 # ---- HF BltConfig → fastblt config ------------------------------------------------------------------------

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from fastblt.graphs.checkpoint import CONFIG_FILE, WEIGHTS_FILE, replace_dir
+from fastblt.graphs.atomic import atomic_dir
+from fastblt.graphs.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from fastblt.graphs.config import BltConfig, TransformerConfig
 from fastblt.graphs.constants import BYTE_VOCAB
 
@@ -114,13 +113,8 @@ def save_hf(model, path: str | Path, *, drop_special_rows: bool = True, max_patc
             tensor = tensor[:vocab]
         tensors[name if name == "lm_head.weight" else "model." + name] = tensor.contiguous().clone()
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    with atomic_dir(dest) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "producer": "fastblt"})
         os.chmod(tmp / WEIGHTS_FILE, 0o644)  # safetensors creates it 0600; an export is meant to be shared
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        replace_dir(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dest

@@ -1,18 +1,17 @@
 """Resumable training state without pickle: model and AdamW tensors in safetensors, the rest in JSON.
 
-Written to a temp directory and renamed, so an interrupted save never leaves a half checkpoint behind.
+Written through graphs/atomic.py (a temp directory swapped in), so an interrupted save never leaves a half
+checkpoint behind.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from fastblt.graphs.checkpoint import replace_dir
+from fastblt.graphs.atomic import atomic_dir
 
 STATE_FILE = "state.json"
 
@@ -24,10 +23,7 @@ class ResumeError(ValueError):
 def save_state(path: Path, model, opt: torch.optim.Optimizer, meta: dict) -> None:
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:
         save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
         sd = opt.state_dict()
         tensors = {}
@@ -40,9 +36,6 @@ def save_state(path: Path, model, opt: torch.optim.Optimizer, meta: dict) -> Non
         (tmp / STATE_FILE).write_text(json.dumps({**meta, "param_groups": groups,
                                                   "scalar_keys": sorted(k for k, v in tensors.items()
                                                                         if v.numel() == 1 and k.endswith(".step"))}))
-        replace_dir(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_state(path: Path, model, opt: torch.optim.Optimizer) -> dict:
