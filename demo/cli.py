@@ -34,4 +34,5 @@ def main(bundle, checkpoint, backend, precision, host, port, cap, concurrency, s
         raise click.ClickException(str(exc)) from None
     about = describe(gen, bundle or checkpoint or "the bundled default model", backend, precision)
     click.echo(f"blt-demo: {about} Serving on http://{host}:{port} (Ctrl+C stops)", err=True)
-    launch(build(gen, cap, concurrency, about), host, port, share=share)
+    with gen:  # closes the backend's sessions when the server stops
+        launch(build(gen, cap, concurrency, about), host, port, share=share)

@@ -1,11 +1,12 @@
 """`blt-export build`: checkpoint → ONNX graphs → validation → quantized variants → (engines) → bundle.
 
-Everything is written into a temporary directory next to the destination and renamed into place at the
-end, so an interrupted or failed build never leaves a half-written bundle.
+Everything is written into a temporary directory next to the destination and swapped into place at the
+end (graphs/atomic.py), so an interrupted or failed build never leaves a half-written bundle.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import platform
@@ -24,10 +25,10 @@ from fastblt.export.quantize import (
     modelopt_available,
     quantize_graph,
 )
-from fastblt.graphs.checkpoint import replace_dir
+from fastblt.graphs.atomic import atomic_dir
 from fastblt.graphs.constants import BOE, BOS, EOS, fused_key, graph_key
 from fastblt.graphs.spec import FUSED_GRAPHS, GRAPH_NAMES, fused_graph_specs, graph_specs
-from fastblt.runtime.manifest import is_standard, sha256_file, write_manifest
+from fastblt.runtime.manifest import sha256_file, write_manifest
 
 FUSED_PRECISIONS = ("fp32", "int8-dynamic")  # the CPU precisions; TensorRT never reads the fused layout
 BUILD_LOG = "build.log"  # what the exporter, quantizers and ONNX Runtime printed, in the bundle
@@ -83,17 +84,9 @@ def build_bundle(model, out: Path, precisions: tuple[str, ...] = ("fp32", "int8"
         raise BuildError(f"block sizes {missing} were not trained; this model supports {list(cfg.block_sizes)}")
     check_request(precisions, engines)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp, _log_kept_on_failure(tmp, log):
         with BuildLog(tmp / BUILD_LOG, log, bars, out / BUILD_LOG) as blog:
             _build(model, tmp, precisions, block_sizes, engines, heldout, fused, blog)
-        _replace(tmp, out)
-    except Exception:
-        _keep_log(tmp, log)
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -199,11 +192,8 @@ def quantize_bundle(bundle: Path, precisions: tuple[str, ...], log=print, bars: 
 
     check_request(("fp32", *precisions), "no")
     bundle = Path(bundle)
-    manifest = Manifest.load(bundle).data
-    tmp = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.building-", dir=bundle.parent))
-    try:
-        shutil.rmtree(tmp)
-        shutil.copytree(bundle, tmp)
+    manifest = Manifest.load(bundle).to_dict()  # the working copy the stages add to; written back through the schema
+    with atomic_dir(bundle, start_from_existing=True) as tmp, _log_kept_on_failure(tmp, log):
         with BuildLog(tmp / BUILD_LOG, log, bars, bundle / BUILD_LOG) as blog:
             heldout = heldout_windows(None, 256, 16)
             prompts = prompts_from(heldout, 8)
@@ -211,28 +201,31 @@ def quantize_bundle(bundle: Path, precisions: tuple[str, ...], log=print, bars: 
                 rec = record(OrtBackend(tmp, "fp32"), prompts[:4], progress=bar.update)
             quality = manifest.setdefault("quality", {})
             add_precisions(tmp, manifest, list(precisions), rec, heldout, prompts, quality, blog)
-            write_manifest(tmp, {k: v for k, v in manifest.items() if k not in ("format", "format_version")})
-        _replace(tmp, bundle)
-    except Exception:
-        _keep_log(tmp, log)
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            write_manifest(tmp, manifest)
     return bundle
 
 
-def _keep_log(tmp: Path, log) -> None:
+@contextlib.contextmanager
+def _log_kept_on_failure(tmp: Path, log):
     """A failed build leaves no bundle behind, but its library output is kept for the bug report."""
-    src = tmp / BUILD_LOG
-    if src.is_file():
-        fd, kept = tempfile.mkstemp(prefix="fastblt-build-", suffix=".log")
-        os.close(fd)
-        shutil.copyfile(src, kept)
-        log(f"library output of the failed build: {kept}")
+    try:
+        yield
+    except Exception:
+        src = tmp / BUILD_LOG
+        if src.is_file():
+            fd, kept = tempfile.mkstemp(prefix="fastblt-build-", suffix=".log")
+            os.close(fd)
+            shutil.copyfile(src, kept)
+            log(f"library output of the failed build: {kept}")
+        raise
 
 
 def _has_precision(entry: dict, precision: str) -> bool:
-    return is_standard(entry) or precision in FUSED_PRECISIONS
+    return _standard(entry) or precision in FUSED_PRECISIONS
+
+
+def _standard(entry: dict) -> bool:
+    return entry.get("layout", "standard") == "standard"
 
 
 def _register(root: Path, manifest: dict, precision: str) -> None:
@@ -261,7 +254,7 @@ def _engines(root: Path, manifest: dict, precisions, block_sizes, blog: BuildLog
         if precision in ORT_ONLY:
             blog.say(f"{precision} is an ONNX Runtime CPU precision: no TensorRT engines for it")
             continue
-        keys = [k for k, e in manifest["graphs"].items() if is_standard(e)]
+        keys = [k for k, e in manifest["graphs"].items() if _standard(e)]
         with blog.stage(f"TensorRT engines: {precision} ({info.gpu_name})", len(keys)) as bar:
             for key in keys:
                 entry = manifest["graphs"][key]
@@ -279,32 +272,19 @@ def manifest_config(manifest: dict):
     return BltConfig.from_dict(manifest["model"])
 
 
-def _replace(tmp: Path, out: Path) -> None:
-    replace_dir(tmp, out)
-
-
 def engine_bundle(bundle: Path, precisions: tuple[str, ...], log=print, bars: bool = False) -> Path:
     """Build TensorRT engines into an existing bundle (on the target GPU); replaces older engines."""
     from fastblt.runtime.manifest import Manifest
 
     check_request(("fp32", *precisions) if "fp32" not in precisions else precisions, "yes")
     bundle = Path(bundle)
-    manifest = Manifest.load(bundle).data
+    manifest = Manifest.load(bundle).to_dict()
     missing = [p for p in precisions if p not in manifest["precisions"]]
     if missing:
         raise BuildError(f"{bundle}: no {missing} graphs to build engines from; run `blt-export quantize` first")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.building-", dir=bundle.parent))
-    try:
-        shutil.rmtree(tmp)
-        shutil.copytree(bundle, tmp)
-        manifest["engines"] = [e for e in manifest.get("engines", []) if e["precision"] not in precisions]
+    manifest["engines"] = [e for e in manifest.get("engines", []) if e["precision"] not in precisions]
+    with atomic_dir(bundle, start_from_existing=True) as tmp, _log_kept_on_failure(tmp, log):
         with BuildLog(tmp / BUILD_LOG, log, bars, bundle / BUILD_LOG) as blog:
             _engines(tmp, manifest, precisions, manifest["block_sizes"], blog)
             write_manifest(tmp, manifest)
-        _replace(tmp, bundle)
-    except Exception:
-        _keep_log(tmp, log)
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return bundle

@@ -12,13 +12,14 @@ from collections import defaultdict
 import numpy as np
 
 from fastblt.graphs.constants import feed_key
+from fastblt.runtime.backends import BackendBase
 from fastblt.runtime.generator import Generator
 from fastblt.runtime.host import decode_bytes
 from fastblt.runtime.session import Session
 from fastblt.runtime.unmask import UnmaskConfig
 
 
-class RecordingBackend:
+class RecordingBackend(BackendBase):
     """Delegates to a backend and keeps (feeds, outputs) of up to `limit` calls per graph file."""
 
     def __init__(self, inner, limit: int = 64) -> None:

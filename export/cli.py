@@ -270,8 +270,8 @@ def check(bundle, polygraphy, checkpoint):
 
         manifest = Manifest.load(bundle)
         for precision in manifest.precisions:
-            gen = Generator(OrtBackend(manifest, precision))
-            result = gen.generate("def main():", max_new_bytes=16)
+            with Generator(OrtBackend(manifest, precision)) as gen:
+                result = gen.generate("def main():", max_new_bytes=16)
             click.echo(f"{precision}: all graphs verified and loaded; greedy sample {result.text!r}")
         if polygraphy:
             from fastblt.export.polygraphy_check import polygraphy_check
@@ -285,10 +285,10 @@ def check(bundle, polygraphy, checkpoint):
 def _print_bundle(path: Path) -> None:
     from fastblt.runtime.manifest import Manifest
 
-    data = Manifest.load(path).data
-    click.echo(f"bundle {path}: precisions {data['precisions']}, block sizes {data['block_sizes']}, "
-               f"{len(data['graphs'])} graphs, {len(data.get('engines', []))} engines")
-    for name, q in data.get("quality", {}).items():
+    m = Manifest.load(path)
+    click.echo(f"bundle {path}: precisions {list(m.precisions)}, block sizes {list(m.block_sizes)}, "
+               f"{len(m.graphs)} graphs, {len(m.engines)} engines")
+    for name, q in m.quality.items():
         if "heldout_bpb" in q:
             agree = q.get("greedy_agreement_vs_fp32", {}).get("identical")
             extra = f", greedy identical to fp32 on {agree:.0%} of prompts" if agree is not None else ""

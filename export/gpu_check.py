@@ -15,6 +15,7 @@ Without TensorRT but with torch on CUDA it checks the torch backend on CUDA inst
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import importlib.util
 import platform
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from fastblt.graphs.constants import split_graph_key
+from fastblt.runtime.backends import BackendBase
 from fastblt.runtime.trt_device import probe, versions
 
 MODES = ("ar", "bltd", "blts", "bltdv")
@@ -118,21 +120,17 @@ def run_modes(backend, reference, prompts: list[bytes], new_bytes: int, block: i
     return failures
 
 
-def _engine_records(work: Path, manifest: dict, precision: str, info, span: int, opt_level: int,
+def _engine_records(work: Path, manifest, precision: str, info, span: int, opt_level: int,
                     workspace: int | None, log) -> list:
-    from fastblt.export.bundle import manifest_config
     from fastblt.export.trt_build import build_engine
-    from fastblt.graphs.spec import dim_ranges, graph_specs
-    from fastblt.runtime.manifest import is_standard
+    from fastblt.graphs.spec import dim_ranges
 
-    cfg = manifest_config(manifest)
-    specs, records = graph_specs(cfg), []
-    for key, entry in manifest["graphs"].items():
-        if not is_standard(entry):
-            continue
+    cfg, records = manifest.config, []
+    for key in manifest.standard_keys():
+        entry = manifest.graphs[key]
         start = time.perf_counter()
-        ranges = narrow_ranges(dim_ranges(cfg, entry["block_size"]), span)
-        record = build_engine(work / entry["files"][precision]["path"], specs[entry["graph"]], ranges, precision,
+        ranges = narrow_ranges(dim_ranges(cfg, entry.block_size), span)
+        record = build_engine(work / entry.files[precision].path, entry.spec(cfg), ranges, precision,
                               work / "engines", info, work / "engines" / "timing.cache", opt_level=opt_level,
                               workspace_bytes=workspace)
         record["graph_key"], record["path"] = key, f"engines/{record['path']}"
@@ -145,7 +143,7 @@ def check_tensorrt(bundle: Path, precisions: list[str], info, args, log) -> list
     """Build, compare and run the bundle's engines; returns the failures (empty: passed)."""
     from fastblt.runtime.backends.ort import OrtBackend
     from fastblt.runtime.backends.trt import TensorRTBackend
-    from fastblt.runtime.manifest import Manifest, write_manifest
+    from fastblt.runtime.manifest import EngineEntry, Manifest
 
     manifest = Manifest.load(bundle)
     missing = [p for p in precisions if p not in manifest.precisions]
@@ -155,20 +153,22 @@ def check_tensorrt(bundle: Path, precisions: list[str], info, args, log) -> list
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="fastblt-gpu-check-") as tmp:
         work = Path(shutil.copytree(bundle, Path(tmp) / "bundle", ignore=shutil.ignore_patterns("engines")))
-        data = Manifest.load(work).data
+        work_manifest = Manifest.load(work)
         reference = OrtBackend(work, "fp32", layout="standard")
         prompts, calls = real_text(reference, args)
         span = max(len(p) for p in prompts) + args.new_bytes + 128  # + BOS, drafts/blocks, slack
-        data["engines"] = []
+        engine_records = []
         for precision in precisions:
             log(f"building {precision} engines (builder optimization level {args.opt_level}, lengths <= {span})")
             try:
                 workspace = args.workspace_mib << 20 if args.workspace_mib else None
-                data["engines"] += _engine_records(work, data, precision, info, span, args.opt_level, workspace, log)
+                engine_records += _engine_records(work, work_manifest, precision, info, span, args.opt_level,
+                                                  workspace, log)
             except Exception as exc:
                 failures.append(f"{precision} engine build: {type(exc).__name__}: {exc}")
                 log(f"  FAILED: {exc}")
-        write_manifest(work, {k: v for k, v in data.items() if k not in ("format", "format_version")})
+        engines = tuple(EngineEntry.from_dict(r, "engine record") for r in engine_records)
+        dataclasses.replace(work_manifest, engines=engines).write()
         for precision in precisions:
             if any(f.startswith(f"{precision} engine build") for f in failures):
                 continue
@@ -183,7 +183,8 @@ def check_tensorrt(bundle: Path, precisions: list[str], info, args, log) -> list
             try:
                 failures += _compare_graphs(engines, ort_p, calls, precision, args, log)
                 log(f"{precision} engines, four modes ({len(prompts)} prompts, {args.new_bytes} new bytes):")
-                failures += run_modes(engines, ort_p, prompts, args.new_bytes, _block(data["block_sizes"]), log)
+                block = _block(work_manifest.block_sizes)
+                failures += run_modes(engines, ort_p, prompts, args.new_bytes, block, log)
             finally:
                 engines.close()
     return failures
@@ -213,7 +214,7 @@ def _block(sizes) -> int:
     return 8 if 8 in sizes else sizes[0]
 
 
-class TorchCudaBackend:
+class TorchCudaBackend(BackendBase):
     """The torch reference graphs on a CUDA device (numpy in and out), for machines without TensorRT."""
 
     def __init__(self, model, device: str = "cuda") -> None:

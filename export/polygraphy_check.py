@@ -70,7 +70,7 @@ def polygraphy_check(bundle: str | Path, model, prompts: list[bytes] | None = No
     from fastblt.export.calibration import prompts_from, record
     from fastblt.graphs.data import heldout_windows
     from fastblt.runtime.backends.torch_ref import TorchBackend
-    from fastblt.runtime.manifest import Manifest, is_standard
+    from fastblt.runtime.manifest import Manifest
 
     _polygraphy()
     manifest = Manifest.load(bundle)
@@ -82,9 +82,7 @@ def polygraphy_check(bundle: str | Path, model, prompts: list[bytes] | None = No
     rec = record(TorchBackend(model), prompts, new_bytes=24, limit=limit)
     engines = _fp32_engines(manifest)
     report, failing = {}, []
-    for key, entry in manifest.data["graphs"].items():
-        if not is_standard(entry):
-            continue  # the fused ONNX Runtime layout: validated at build time against the same real-text calls
+    for key in manifest.standard_keys():  # the fused ONNX Runtime layout: validated at build time
         records = rec.records.get(key, [])
         if not records:
             log(f"{key}: no real-text inputs recorded (block size unused by these prompts), skipped")
@@ -109,13 +107,12 @@ def _fp32_engines(manifest) -> dict[str, Path]:
     """fp32 engine files that this machine can run (none without a CUDA GPU and TensorRT)."""
     from fastblt.runtime.trt_device import check_engine, device_info
 
-    records = [r for r in manifest.data.get("engines", []) if isinstance(r, dict) and r.get("precision") == "fp32"]
+    records = [r for r in manifest.engines if r.precision == "fp32"]
     info = device_info() if records else None
     if info is None:
         return {}
     out = {}
     for r in records:
-        key = r.get("graph_key")
-        check_engine(r, info, manifest.data["graphs"][key]["files"]["fp32"]["sha256"])
-        out[key] = manifest.root / str(r["path"])
+        check_engine(r.to_dict(), info, manifest.file_entry(r.graph_key, "fp32").sha256)
+        out[r.graph_key] = manifest.root / r.path
     return out

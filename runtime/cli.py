@@ -63,21 +63,22 @@ def generate(prompt, checkpoint, bundle, backend, precision, mode, max_new_bytes
         if checkpoint and bundle:
             raise ValueError("pass either --checkpoint (torch) or --bundle (ort/trt), not both")
         backend = backend or ("ort" if bundle else "torch")
-        gen = rt.load(bundle or checkpoint, backend=backend, **({"precision": precision} if backend != "torch" else {}))
-        options = dict(mode=mode, max_new_bytes=max_new_bytes, temperature=temperature, top_k=top_k,
-                       top_p=top_p, seed=seed, stop=list(stop), block_size=block_size, draft_k=draft_k,
-                       unmask=unmask, block_start=block_start)
-        if as_json:
-            result = gen.generate(prompt, **options)
-            click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
-            return
-        events = gen.stream(prompt, **options)  # validates the options before anything is printed
-        click.echo(prompt, nl=False)
-        for event in events:
-            if event["type"] == "text":
-                click.echo(event["text"], nl=False)
-            elif event["type"] == "done":
-                r = event["result"]
+        with rt.load(bundle or checkpoint, backend=backend,
+                     **({"precision": precision} if backend != "torch" else {})) as gen:
+            options = dict(mode=mode, max_new_bytes=max_new_bytes, temperature=temperature, top_k=top_k,
+                           top_p=top_p, seed=seed, stop=list(stop), block_size=block_size, draft_k=draft_k,
+                           unmask=unmask, block_start=block_start)
+            if as_json:
+                result = gen.generate(prompt, **options)
+                click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
+                return
+            events = gen.stream(prompt, **options)  # validates the options before anything is printed
+            click.echo(prompt, nl=False)
+            for event in events:
+                if event["type"] == "text":
+                    click.echo(event["text"], nl=False)
+                elif event["type"] == "done":
+                    r = event["result"]
         click.echo()
         c = r.counters
         click.echo(f"[{r.mode}] {len(r.bytes)} bytes, {r.bytes_per_s:.1f} B/s, N_enc {c['n_enc']}, "
@@ -109,16 +110,16 @@ def compare(prompt, checkpoint, bundle, backend, precision, max_new_bytes):
     try:
         backend = backend or ("ort" if bundle else "torch")
         options = {"precision": precision} if backend != "torch" else {}
-        gen = rt.load(bundle or checkpoint, backend=backend, **options)
         rows = []
-        for mode, label, kw in MODE_SETTINGS:
-            if mode in ("bltd", "bltdv") and not gen.config.diffusion_trained:
-                continue
-            r = gen.generate(prompt, mode=mode, max_new_bytes=max_new_bytes, **kw)
-            rows.append((label, r))
+        with rt.load(bundle or checkpoint, backend=backend, **options) as gen:
+            for mode, label, kw in MODE_SETTINGS:
+                if mode in ("bltd", "bltdv") and not gen.config.diffusion_trained:
+                    continue
+                r = gen.generate(prompt, mode=mode, max_new_bytes=max_new_bytes, **kw)
+                rows.append((label, r))
+            layout = getattr(gen.backend, "layout", None)  # ORT: fused CPU graphs or the standard ones
     except (ValueError, FileNotFoundError, ImportError) as exc:
         raise click.ClickException(str(exc)) from None
-    layout = getattr(gen.backend, "layout", None)  # ORT: fused CPU graphs or the standard ones
     click.echo(f"backend {backend}{' ' + precision if backend != 'torch' else ''}"
                f"{f' ({layout} graphs)' if layout else ''}, prompt {prompt!r}, {max_new_bytes} new bytes, greedy\n")
     click.echo("| mode | bytes/s | N_enc | N_dec | bandwidth GB | acceptance | output preview |")

@@ -51,7 +51,14 @@ class Generator:
         self.params = param_counts(self.config)  # P per component, for the bandwidth counters
 
     def close(self) -> None:
+        """Close the backend (its sessions or engines); the Generator cannot generate afterwards."""
         self.backend.close()
+
+    def __enter__(self) -> Generator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def stream(self, prompt: str | bytes = b"", mode: str = "ar", max_new_bytes: int = 256,
                temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,

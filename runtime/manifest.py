@@ -1,23 +1,29 @@
-"""The bundle manifest (torch-free): what `blt-export build` writes and every runtime backend reads.
+"""The bundle manifest (torch-free): one typed, versioned schema with its reader and its writer.
 
-A bundle is one directory: manifest.json, the ONNX files per precision, optional TensorRT engines. Every
-file is listed with its sha256; a backend verifies the files it loads, so a missing or altered file is a
-clear error, never a silent wrong answer.
+A bundle is one directory: manifest.json, the ONNX files per precision, optional TensorRT engines.
+`blt-export build` writes the manifest through `write_manifest` (so a build can never write one this reader
+refuses) and every runtime backend reads it through `Manifest.load`'s typed fields. Every file is listed
+with its sha256; a backend verifies the files it loads, so a missing or altered file is a clear error, never a
+silent wrong answer. docs/bundles.md describes the fields.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastblt.graphs.config import BltConfig
+from fastblt.graphs.config import BltConfig, ConfigError
+from fastblt.graphs.spec import GraphSpec, fused_graph_specs, graph_specs
 
 FORMAT = "fastblt-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+LAYOUTS = ("standard", "fused")  # fused: the ONNX Runtime CPU layout (graphs/incremental/fused.py)
+REBUILD_HINT = "rebuild the bundle with `blt-export build`"
 
 
 class BundleError(ValueError):
@@ -32,15 +38,140 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def is_standard(entry: dict) -> bool:
-    """Whether a manifest graph entry is the portable layout (what TensorRT and Polygraphy read)."""
-    return entry.get("layout", "standard") == "standard"
+def _get(data: dict, name: str, kind: type | tuple[type, ...], where: str, default: Any = ...) -> Any:
+    """One field of a JSON object, type-checked; a missing required field or a wrong type names the field."""
+    if name not in data or (data[name] is None and default is not ...):
+        if default is ...:
+            raise BundleError(f"{where}: field {name!r} is missing; {REBUILD_HINT}")
+        return default
+    value = data[name]
+    bad_bool = isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,))
+    if not isinstance(value, kind) or bad_bool:
+        want = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise BundleError(f"{where}: field {name!r} must be {want}, got {type(value).__name__}; {REBUILD_HINT}")
+    return value
 
 
-@dataclass
+def _no_unknown(data: dict, known: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise BundleError(f"{where}: unknown fields {unknown} (known: {list(known)}); the bundle was written by "
+                          "another fastblt: upgrade fastblt or rebuild the bundle")
+
+
+@dataclass(frozen=True)
+class GraphFile:
+    """One graph's ONNX file in one precision, relative to the bundle root."""
+
+    path: str
+    sha256: str
+    bytes: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> GraphFile:
+        if not isinstance(data, dict):
+            raise BundleError(f"{where}: must be an object with path and sha256; {REBUILD_HINT}")
+        _no_unknown(data, ("path", "sha256", "bytes"), where)
+        return cls(_get(data, "path", str, where), _get(data, "sha256", str, where),
+                   _get(data, "bytes", int, where, None))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"path": self.path, "sha256": self.sha256}
+        if self.bytes is not None:
+            out["bytes"] = self.bytes
+        return out
+
+
+@dataclass(frozen=True)
+class GraphEntry:
+    """One exported graph (a `decoder_block` once per block size): its layout and its file per precision.
+
+    Its I/O spec (names, dtypes, symbolic dims) is not stored: `spec` derives it from the model config through
+    fastblt.graphs.spec, the one definition export, validation, engine build and runtime all read."""
+
+    key: str
+    graph: str
+    block_size: int | None = None
+    layout: str = "standard"
+    files: dict[str, GraphFile] = field(default_factory=dict)
+
+    @property
+    def is_standard(self) -> bool:
+        """The portable layout (what TensorRT and Polygraphy read)."""
+        return self.layout == "standard"
+
+    def spec(self, config: BltConfig) -> GraphSpec:
+        specs = graph_specs(config) if self.is_standard else fused_graph_specs(config)
+        return specs[self.graph]
+
+    @classmethod
+    def from_dict(cls, key: str, data: Any, where: str) -> GraphEntry:
+        if not isinstance(data, dict):
+            raise BundleError(f"{where}: must be an object with graph, block_size and files; {REBUILD_HINT}")
+        _no_unknown(data, ("graph", "block_size", "layout", "files"), where)
+        layout = _get(data, "layout", str, where, "standard")
+        if layout not in LAYOUTS:
+            raise BundleError(f"{where}: layout {layout!r} must be one of {list(LAYOUTS)}; {REBUILD_HINT}")
+        files = _get(data, "files", dict, where, {})
+        return cls(key, _get(data, "graph", str, where), _get(data, "block_size", int, where, None), layout,
+                   {p: GraphFile.from_dict(f, f"{where}.files.{p}") for p, f in files.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"graph": self.graph, "block_size": self.block_size}
+        if not self.is_standard:
+            out["layout"] = self.layout
+        out["files"] = {p: f.to_dict() for p, f in self.files.items()}
+        return out
+
+
+ENGINE_FIELDS = ("graph_key", "precision", "path", "sha256", "gpu_name", "compute_capability", "trt_version",
+                 "onnx_sha256")
+
+
+@dataclass(frozen=True)
+class EngineEntry:
+    """One TensorRT engine and the device, TensorRT version and ONNX file it was built for (any may be missing
+    from a hand-edited record: the TensorRT backend then refuses the engine, naming the field)."""
+
+    graph_key: str
+    precision: str
+    path: str
+    sha256: str | None = None
+    gpu_name: str | None = None
+    compute_capability: str | None = None
+    trt_version: str | None = None
+    onnx_sha256: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> EngineEntry:
+        if not isinstance(data, dict):
+            raise BundleError(f"{where}: must be an object with graph_key, precision and path; {REBUILD_HINT}")
+        _no_unknown(data, ENGINE_FIELDS, where)
+        required = {k: _get(data, k, str, where) for k in ENGINE_FIELDS[:3]}
+        return cls(**required, **{k: _get(data, k, str, where, None) for k in ENGINE_FIELDS[3:]})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
 class Manifest:
+    """A bundle's manifest, read and checked; `root` is the bundle directory (the files' paths are relative)."""
+
     root: Path
-    data: dict[str, Any]
+    model: dict[str, Any]
+    created: str | None = None
+    opset: int | None = None
+    block_sizes: tuple[int, ...] = ()
+    special_ids: dict[str, int | None] = field(default_factory=dict)
+    patching: dict[str, Any] = field(default_factory=dict)
+    precisions: tuple[str, ...] = ("fp32",)
+    graphs: dict[str, GraphEntry] = field(default_factory=dict)
+    validation: dict[str, Any] = field(default_factory=dict)
+    quantization: dict[str, Any] = field(default_factory=dict)
+    engines: tuple[EngineEntry, ...] = ()
+    tools: dict[str, str] = field(default_factory=dict)
+    quality: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def load(cls, bundle: str | Path) -> Manifest:
@@ -53,48 +184,101 @@ class Manifest:
         except (ValueError, UnicodeDecodeError) as exc:
             raise BundleError(f"{path}: not valid JSON ({exc})") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise BundleError(f"{path}: not a fastblt bundle manifest (format {data.get('format')!r})")
+            fmt = data.get("format") if isinstance(data, dict) else None
+            raise BundleError(f"{path}: not a fastblt bundle manifest (format {fmt!r})")
         if data.get("format_version") != FORMAT_VERSION:
             raise BundleError(f"{path}: manifest format_version {data.get('format_version')!r} is not supported by "
                               f"this fastblt (it reads version {FORMAT_VERSION}); rebuild the bundle with "
                               "`blt-export build` or upgrade fastblt")
-        return cls(root, data)
+        return cls.from_dict(root, {k: v for k, v in data.items() if k not in ("format", "format_version")},
+                             str(path))
+
+    @classmethod
+    def from_dict(cls, root: str | Path, data: dict[str, Any], where: str = MANIFEST) -> Manifest:
+        """Check every field of a manifest body (no format/format_version) and build the typed manifest."""
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "root"]
+        _no_unknown(data, tuple(names), where)
+        model = _get(data, "model", dict, where)
+        try:
+            BltConfig.from_dict(model, f"{where}: model")
+        except ConfigError as exc:
+            raise BundleError(f"{where}: field 'model': {exc}; {REBUILD_HINT}") from None
+        block_sizes = _get(data, "block_sizes", list, where, [])
+        precisions = _get(data, "precisions", list, where, ["fp32"])
+        if not all(isinstance(b, int) and not isinstance(b, bool) for b in block_sizes):
+            raise BundleError(f"{where}: field 'block_sizes' must be a list of integers; {REBUILD_HINT}")
+        if not all(isinstance(p, str) for p in precisions):
+            raise BundleError(f"{where}: field 'precisions' must be a list of names; {REBUILD_HINT}")
+        graphs = _get(data, "graphs", dict, where, {})
+        engines = _get(data, "engines", list, where, [])
+        return cls(
+            root=Path(root), model=model, created=_get(data, "created", str, where, None),
+            opset=_get(data, "opset", int, where, None), block_sizes=tuple(block_sizes),
+            special_ids=_get(data, "special_ids", dict, where, {}), patching=_get(data, "patching", dict, where, {}),
+            precisions=tuple(precisions),
+            graphs={k: GraphEntry.from_dict(k, e, f"{where}: graphs.{k}") for k, e in graphs.items()},
+            validation=_get(data, "validation", dict, where, {}),
+            quantization=_get(data, "quantization", dict, where, {}),
+            engines=tuple(EngineEntry.from_dict(e, f"{where}: engines[{i}]") for i, e in enumerate(engines)),
+            tools=_get(data, "tools", dict, where, {}), quality=_get(data, "quality", dict, where, {}),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON body (format and format_version are added by `write`)."""
+        out: dict[str, Any] = {"created": self.created, "model": self.model, "opset": self.opset,
+                               "block_sizes": list(self.block_sizes), "special_ids": self.special_ids,
+                               "patching": self.patching, "precisions": list(self.precisions),
+                               "graphs": {k: e.to_dict() for k, e in self.graphs.items()},
+                               "validation": self.validation, "quantization": self.quantization,
+                               "engines": [e.to_dict() for e in self.engines], "tools": self.tools,
+                               "quality": self.quality}
+        return {k: v for k, v in out.items() if v is not None}
+
+    def write(self, root: str | Path | None = None) -> Path:
+        path = Path(self.root if root is None else root) / MANIFEST
+        body = {"format": FORMAT, "format_version": FORMAT_VERSION, **self.to_dict()}
+        path.write_text(json.dumps(body, indent=2) + "\n")
+        return path
 
     @property
     def config(self) -> BltConfig:
-        return BltConfig.from_dict(self.data["model"], f"{self.root / MANIFEST}: model")
+        return BltConfig.from_dict(self.model, f"{self.root / MANIFEST}: model")
 
-    @property
-    def precisions(self) -> list[str]:
-        return list(self.data.get("precisions", ["fp32"]))
+    def entry(self, key: str) -> GraphEntry:
+        if key not in self.graphs:
+            raise BundleError(f"{self.root}: the manifest has no graph {key!r} (graphs: {sorted(self.graphs)})")
+        return self.graphs[key]
 
-    @property
-    def block_sizes(self) -> list[int]:
-        return list(self.data.get("block_sizes", []))
+    def spec(self, key: str) -> GraphSpec:
+        """The I/O spec of a graph file (names, dtypes, symbolic dims), from the model config."""
+        return self.entry(key).spec(self.config)
+
+    def standard_keys(self) -> list[str]:
+        """Keys of the portable-layout graphs (the ones TensorRT engines and Polygraphy cover)."""
+        return [k for k, e in self.graphs.items() if e.is_standard]
 
     def has_file(self, key: str, precision: str) -> bool:
-        return precision in self.data.get("graphs", {}).get(key, {}).get("files", {})
+        return key in self.graphs and precision in self.graphs[key].files
 
-    def graph_file(self, key: str, precision: str = "fp32", verify: bool = True) -> Path:
-        """Path of a graph's ONNX file, after checking it exists and its sha256 matches the manifest."""
-        graphs = self.data.get("graphs", {})
-        if key not in graphs:
-            raise BundleError(f"{self.root}: the manifest has no graph {key!r} (graphs: {sorted(graphs)})")
-        files = graphs[key]["files"]
+    def file_entry(self, key: str, precision: str) -> GraphFile:
+        files = self.entry(key).files
         if precision not in files:
             raise BundleError(f"{self.root}: graph {key!r} has no {precision} file (precisions: {sorted(files)}); "
                               f"rebuild with `blt-export build --precision {precision}`")
-        entry = files[precision]
-        path = self.root / entry["path"]
+        return files[precision]
+
+    def graph_file(self, key: str, precision: str = "fp32", verify: bool = True) -> Path:
+        """Path of a graph's ONNX file, after checking it exists and its sha256 matches the manifest."""
+        entry = self.file_entry(key, precision)
+        path = self.root / entry.path
         if not path.is_file():
             raise BundleError(f"{path}: missing from the bundle (listed in {MANIFEST}); rebuild the bundle")
-        if verify and sha256_file(path) != entry["sha256"]:
+        if verify and sha256_file(path) != entry.sha256:
             raise BundleError(f"{path}: sha256 does not match {MANIFEST} (the file was altered or truncated); "
                               "rebuild the bundle")
         return path
 
 
 def write_manifest(root: Path, data: dict[str, Any]) -> Path:
-    path = Path(root) / MANIFEST
-    path.write_text(json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, **data}, indent=2) + "\n")
-    return path
+    """Write a manifest body (a dict, as a build assembles it) after checking it against the schema."""
+    return Manifest.from_dict(root, data, f"{Path(root) / MANIFEST} (being written)").write()

@@ -1,20 +1,23 @@
 """Backends run one graph at a time: `run(graph, feeds) -> outputs`, numpy in and out.
 
 The scheduler never knows which backend it drives. `check_feeds` validates names, dtypes and ranks against
-the graph spec once, here, so every backend reports a bad tensor the same clear way. A backend may also
-list `in_place_graphs` and offer `run_in_place(graph, feeds, cache, keep)`: it then receives the session's
-KVCache for those graphs and updates it itself (ORT's fused CPU layout), instead of taking the visible
-entries and returning the new ones.
+the graph spec once, here, so every backend reports a bad tensor the same clear way. A backend that lists
+graphs in `in_place_graphs` runs them with `run_in_place(graph, feeds, cache, keep)`: it then receives the
+session's KVCache for those graphs and updates it itself (ORT's fused CPU layout), instead of taking the
+visible entries and returning the new ones. Backends are context managers: leaving `with` closes them.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from fastblt.graphs.config import BltConfig
 from fastblt.graphs.spec import GraphSpec
+
+if TYPE_CHECKING:
+    from fastblt.runtime.cache import KVCache
 
 BACKENDS = ("torch", "ort", "trt")
 
@@ -27,10 +30,39 @@ class Backend(Protocol):
     name: str
     config: BltConfig
     specs: dict[str, GraphSpec]
+    in_place_graphs: frozenset[str]  # graphs run with run_in_place on the session's cache (empty: none)
 
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
+    def run_in_place(self, graph: str, feeds: dict[str, np.ndarray], cache: KVCache,
+                     keep: bool = True) -> dict[str, np.ndarray]: ...
+
     def close(self) -> None: ...
+
+    def __enter__(self) -> Backend: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class BackendBase:
+    """What the backends share: no in-place graphs unless one lists them, and `with backend:` closing it
+    (sessions, engines, streams) however the block ends."""
+
+    name = "backend"
+    in_place_graphs: frozenset[str] = frozenset()
+
+    def run_in_place(self, graph: str, feeds: dict[str, np.ndarray], cache: KVCache,
+                     keep: bool = True) -> dict[str, np.ndarray]:
+        raise ValueError(f"backend {self.name!r} runs no graph in place (in_place_graphs is empty); use run")
+
+    def close(self) -> None:
+        """Release what the backend holds; a closed backend refuses to run."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def check_feeds(spec: GraphSpec, feeds: dict[str, np.ndarray]) -> None:

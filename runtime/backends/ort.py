@@ -20,7 +20,7 @@ import numpy as np
 
 from fastblt.graphs.constants import feed_key, fused_key, graph_key
 from fastblt.graphs.spec import FUSED_GRAPHS, fused_graph_specs, graph_specs
-from fastblt.runtime.backends import resolve
+from fastblt.runtime.backends import BackendBase, resolve
 from fastblt.runtime.manifest import BundleError, Manifest
 
 try:
@@ -34,7 +34,7 @@ PROVIDERS = {"cpu": ["CPUExecutionProvider"],
              "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
 
 
-class OrtBackend:
+class OrtBackend(BackendBase):
     name = "ort"
 
     def __init__(self, bundle, precision: str = "fp32", device: str = "cpu", threads: int | None = None,
@@ -46,7 +46,8 @@ class OrtBackend:
         self.manifest = bundle if isinstance(bundle, Manifest) else Manifest.load(bundle)
         if precision not in self.manifest.precisions:
             raise BundleError(f"{self.manifest.root}: no {precision} graphs in this bundle (it has "
-                              f"{self.manifest.precisions}); rebuild with `blt-export build --precision {precision}`")
+                              f"{list(self.manifest.precisions)}); rebuild with "
+                              f"`blt-export build --precision {precision}`")
         self.config = self.manifest.config
         self.specs = graph_specs(self.config)
         self.precision, self.check = precision, check
@@ -87,15 +88,20 @@ class OrtBackend:
         spec = resolve(self.specs, graph, feeds, self.check)
         key = feed_key(graph, feeds)
         session = self.sessions.get(key)
+        if not self.sessions:
+            raise RuntimeError("this ONNX Runtime backend is closed")
         if session is None:
             raise BundleError(f"this bundle has no decoder_block for block size {feeds['states'].shape[1]} "
-                              f"(it has {self.manifest.block_sizes}); rebuild with --block-sizes")
+                              f"(it has {list(self.manifest.block_sizes)}); rebuild with --block-sizes")
         outs = session.run(None, feeds)
         return dict(zip(spec.output_names, outs, strict=True))
 
     def run_in_place(self, graph: str, feeds: dict[str, np.ndarray], cache, keep: bool = True) -> dict[str, np.ndarray]:
         """Run a fused graph on `cache` (a runtime.cache.KVCache) directly; with keep the new entries count
         as cached, without (scratch calls) they are written past its end and ignored."""
+        if graph not in self._in_place:
+            raise RuntimeError(f"graph {graph!r} does not run in place here (closed backend, or not a fused graph: "
+                               f"in_place_graphs is {sorted(self.in_place_graphs)})")
         return self._in_place[graph].run(feeds, cache, keep, self.check)
 
     def _pick_layout(self, layout: str, precision: str, device: str) -> str:
@@ -111,6 +117,7 @@ class OrtBackend:
     def close(self) -> None:
         self.sessions.clear()
         self._in_place = {}
+        self.in_place_graphs = frozenset()
 
 
 def ort_errors() -> tuple[type[Exception], ...]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from fastblt.graphs.spec import graph_specs
-from fastblt.runtime.backends import resolve
+from fastblt.runtime.backends import BackendBase, resolve
 
 try:
     import torch
@@ -18,7 +18,7 @@ except ImportError:  # pragma: no cover - exercised only without torch
     raise ImportError("the torch backend needs torch: pip install 'fastblt[torch]'") from None
 
 
-class TorchBackend:
+class TorchBackend(BackendBase):
     name = "torch"
 
     def __init__(self, source, threads: int | None = None, check: bool = True) -> None:
@@ -36,6 +36,8 @@ class TorchBackend:
 
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         spec = resolve(self.specs, graph, feeds, self.check)
+        if not self.graphs:
+            raise RuntimeError("this torch backend is closed")
         args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in spec.input_names]
         with torch.inference_mode():
             outs = self.graphs[graph](*args)

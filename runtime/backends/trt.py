@@ -15,8 +15,8 @@ import numpy as np
 
 from fastblt.graphs.constants import feed_key, split_graph_key
 from fastblt.graphs.spec import GraphSpec, graph_specs
-from fastblt.runtime.backends import FeedError, resolve
-from fastblt.runtime.manifest import BundleError, Manifest, is_standard
+from fastblt.runtime.backends import BackendBase, FeedError, resolve
+from fastblt.runtime.manifest import BundleError, EngineEntry, Manifest
 from fastblt.runtime.trt_device import (
     REBUILD,
     TRT_HINT,
@@ -141,8 +141,8 @@ class _Engine:
         self.engine = None
 
 
-def _pick_precision(root: Path, records: list[dict], precision: str | None) -> str:
-    available = sorted({str(r.get("precision")) for r in records})
+def _pick_precision(root: Path, records: list[EngineEntry], precision: str | None) -> str:
+    available = sorted({r.precision for r in records})
     if not records:
         raise BundleError(f"{root}: the bundle has no TensorRT engines; build them on this machine with "
                           f"`blt-export engine {root}`")
@@ -157,7 +157,7 @@ def _pick_precision(root: Path, records: list[dict], precision: str | None) -> s
     return precision
 
 
-class TensorRTBackend:
+class TensorRTBackend(BackendBase):
     name = "trt"
 
     def __init__(self, source: str | Path | Manifest, precision: str | None = None, check: bool = True) -> None:
@@ -171,18 +171,17 @@ class TensorRTBackend:
         self.specs = graph_specs(self.config)
         self.check = check
         info = require_device()
-        records = [r for r in self.manifest.data.get("engines", []) if isinstance(r, dict)]
+        records = list(self.manifest.engines)
         self.precision = _pick_precision(self.manifest.root, records, precision)
         self._runtime = create(trt, "Runtime")
         self._stream = cuda_check(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate")
         self._handle = _native_handle(self._stream)
         try:
             for record in records:
-                if record.get("precision") == self.precision:
-                    self._engines[record["graph_key"]] = self._load(record, info)
-            graphs = self.manifest.data.get("graphs", {})  # the fused layout is ONNX Runtime-only
-            missing = sorted({k for k, e in graphs.items() if is_standard(e)}
-                             - set(self._engines))
+                if record.precision == self.precision:
+                    self._engines[record.graph_key] = self._load(record, info)
+            # the fused layout is ONNX Runtime-only
+            missing = sorted(set(self.manifest.standard_keys()) - set(self._engines))
             if missing:
                 raise BundleError(f"{self.manifest.root}: no {self.precision} TensorRT engine for graphs {missing}; "
                                   f"{REBUILD}")
@@ -190,19 +189,17 @@ class TensorRTBackend:
             self.close()
             raise
 
-    def _load(self, record: dict, info) -> _Engine:
-        root, key, precision = self.manifest.root, record.get("graph_key"), record.get("precision")
-        try:
-            onnx_sha = self.manifest.data["graphs"][key]["files"][precision]["sha256"]
-        except (KeyError, TypeError):
-            raise BundleError(f"{root}: engine {record.get('path')!r} is for graph {key!r} ({precision}), which the "
-                              f"manifest does not list; {REBUILD}") from None
-        check_engine(record, info, onnx_sha)
-        path = root / str(record.get("path"))
+    def _load(self, record: EngineEntry, info) -> _Engine:
+        root, key, precision = self.manifest.root, record.graph_key, record.precision
+        if not self.manifest.has_file(key, precision):
+            raise BundleError(f"{root}: engine {record.path!r} is for graph {key!r} ({precision}), which the "
+                              f"manifest does not list; {REBUILD}")
+        check_engine(record.to_dict(), info, self.manifest.graphs[key].files[precision].sha256)
+        path = root / record.path
         if not path.is_file():
             raise BundleError(f"{path}: TensorRT engine listed in the manifest is missing; {REBUILD}")
         data = path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != record.get("sha256"):
+        if hashlib.sha256(data).hexdigest() != record.sha256:
             raise BundleError(f"{path}: sha256 does not match the manifest (altered or truncated); {REBUILD}")
         engine = self._runtime.deserialize_cuda_engine(data)
         if engine is None:

@@ -47,19 +47,19 @@ def built(model, tmp_path_factory):
 
 
 def test_manifest_and_per_graph_parity(built):
-    data = Manifest.load(built).data
-    assert data["precisions"] == ["fp32", "int8"] and data["block_sizes"] == [4, 8]
-    assert sorted(data["graphs"]) == ["decoder_block_4", "decoder_block_8", "decoder_step", "encoder",
+    manifest = Manifest.load(built)
+    assert manifest.precisions == ("fp32", "int8") and manifest.block_sizes == (4, 8)
+    assert sorted(manifest.graphs) == ["decoder_block_4", "decoder_block_8", "decoder_step", "encoder",
                                       "fused_decoder_step", "fused_encoder", "fused_global", "fused_patcher",
                                       "global", "patcher"]
     for key in ("fused_patcher", "fused_global"):  # the CPU layout: fp32 (and int8-dynamic), never Q/DQ
-        assert data["graphs"][key]["layout"] == "fused" and sorted(data["graphs"][key]["files"]) == ["fp32"]
-    for key, report in data["validation"].items():
+        assert manifest.graphs[key].layout == "fused" and sorted(manifest.graphs[key].files) == ["fp32"]
+    for key, report in manifest.validation.items():
         assert set(report) == {"sample", "real_text"}, key
         for kind in report.values():
             for name, err in kind.items():
                 assert err["max_abs"] <= 1e-4, (key, name, err)
-    assert abs(data["quality"]["fp32"]["heldout_bpb"] - data["quality"]["torch"]["heldout_bpb"]) < 1e-4
+    assert abs(manifest.quality["fp32"]["heldout_bpb"] - manifest.quality["torch"]["heldout_bpb"]) < 1e-4
 
 
 def test_backends_identical_greedy_in_all_modes(built, model):
@@ -159,7 +159,7 @@ def test_an_onnxruntime_that_cannot_load_the_fused_graphs(built, monkeypatch):
 
 
 def test_int8_runs_and_is_reported(built):
-    q = Manifest.load(built).data["quality"]
+    q = Manifest.load(built).quality
     assert np.isfinite(q["int8"]["heldout_bpb"])
     assert 0.0 <= q["int8"]["greedy_agreement_vs_fp32"]["identical"] <= 1.0
     out = Generator(OrtBackend(built, "int8")).generate("def f(x):", max_new_bytes=16)
@@ -220,14 +220,14 @@ def test_fp8_with_modelopt(built, tmp_path):
     shutil.copytree(built, copy)
     quantize_bundle(copy, ("fp8",), log=lambda m: None)
     manifest = Manifest.load(copy)
-    assert manifest.precisions == ["fp32", "int8", "fp8"]
-    for key, entry in manifest.data["graphs"].items():  # ModelOpt must not touch the FP32 graphs it reads
+    assert manifest.precisions == ("fp32", "int8", "fp8")
+    for key, entry in manifest.graphs.items():  # ModelOpt must not touch the FP32 graphs it reads
         manifest.graph_file(key, "fp32")
-        if entry.get("layout", "standard") == "standard":
+        if entry.is_standard:
             manifest.graph_file(key, "fp8")
         else:
             assert not manifest.has_file(key, "fp8")  # the fused layout is fp32/int8-dynamic only
-    q = manifest.data["quality"]["fp8"]
+    q = manifest.quality["fp8"]
     assert np.isfinite(q["heldout_bpb"])
     out = Generator(OrtBackend(copy, "fp8")).generate("def f(x):", max_new_bytes=8)
     assert len(out.bytes) > 0
@@ -245,12 +245,12 @@ def test_int8_dynamic_for_cpu(built, tmp_path):
     shutil.copytree(built, copy)
     quantize_bundle(copy, ("int8-dynamic",), log=lambda m: None)
     manifest = Manifest.load(copy)
-    assert manifest.precisions == ["fp32", "int8", "int8-dynamic"]
+    assert manifest.precisions == ("fp32", "int8", "int8-dynamic")
     graph = onnx.load(str(manifest.graph_file("decoder_step", "int8-dynamic")))
     d = manifest.config.decoder
     n_cross = d.n_layers if manifest.config.decoder_cross_attn_all_layers else 1
     assert sum(n.op_type == "MatMulNBits" for n in graph.graph.node) == d.n_layers * 7 + n_cross * 4 + 1
-    assert np.isfinite(manifest.data["quality"]["int8-dynamic"]["heldout_bpb"])  # default model: +0.004
+    assert np.isfinite(manifest.quality["int8-dynamic"]["heldout_bpb"])  # default model: +0.004
 
     cfg, rng = manifest.config, np.random.default_rng(0)
     feeds = {"states": rng.standard_normal((1, 5, cfg.encoder.dim)).astype(np.float32),

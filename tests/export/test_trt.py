@@ -357,8 +357,8 @@ def test_bundle_engines_match_the_torch_reference(gpu, trt_bundle):
     from fastblt.runtime.manifest import Manifest
 
     model, bundle = trt_bundle
-    records = Manifest.load(bundle).data["engines"]
-    standard = [k for k, e in Manifest.load(bundle).data["graphs"].items() if e.get("layout", "standard") == "standard"]
+    records = [r.to_dict() for r in Manifest.load(bundle).engines]
+    standard = Manifest.load(bundle).standard_keys()
     assert sorted(r["graph_key"] for r in records) == sorted(standard)  # no engines of the ORT-only fused layout
     backend, ref = TensorRTBackend(bundle), TorchBackend(model)
     try:
@@ -388,14 +388,14 @@ def test_stale_engine_is_refused_and_rebuilt(gpu, trt_bundle, tmp_path):
     from fastblt.runtime.manifest import Manifest, write_manifest
 
     bundle = shutil.copytree(trt_bundle[1], tmp_path / "copy")
-    data = Manifest.load(bundle).data
+    data = Manifest.load(bundle).to_dict()
     keys = sorted(r["path"] for r in data["engines"])
     data["engines"][0]["trt_version"] = "0.0.0"
-    write_manifest(bundle, {k: v for k, v in data.items() if k not in ("format", "format_version")})
+    write_manifest(bundle, data)
     with pytest.raises(EngineMismatchError, match=r"TensorRT version: engine has '0\.0\.0'.*blt-export engine"):
         TensorRTBackend(bundle)
     engine_bundle(bundle, ("fp32",), log=lambda m: None)
-    assert sorted(r["path"] for r in Manifest.load(bundle).data["engines"]) == keys
+    assert sorted(r.path for r in Manifest.load(bundle).engines) == keys
     TensorRTBackend(bundle).close()
 
 
