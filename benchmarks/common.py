@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastblt.graphs.data import corpus_documents
+from fastblt.graphs.training.data import corpus_documents
 from fastblt.runtime.unmask import UnmaskConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ def heldout_text(n_bytes: int) -> bytes:
 
 
 def heldout_files(min_bytes: int = 0) -> list[tuple[str, bytes]]:
-    """Held-out documents (the split graphs/data.py defines: CRC32(path) % 20 == 0), as (path, bytes)."""
+    """Held-out documents (the split graphs/training/data.py defines: CRC32(path) % 20 == 0), as (path, bytes)."""
     out = []
     for doc in corpus_documents(None, "heldout"):
         data = doc.read()

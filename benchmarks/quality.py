@@ -135,7 +135,7 @@ def humaneval(gen, settings: list[Setting], cfg: QualityConfig, bar) -> dict:
 
 def run(targets, cfg: QualityConfig, quiet: bool = False) -> dict:
     from fastblt.export.calibration import heldout_bpb
-    from fastblt.graphs.data import heldout_windows
+    from fastblt.graphs.training.data import heldout_windows
 
     windows = heldout_windows(None, cfg.seq_len, cfg.bpb_windows)
     section = {"config": cfg.to_dict(), "bpb": [], "heldout_bytes": sum(len(w) - 1 for w in windows)}

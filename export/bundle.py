@@ -98,7 +98,7 @@ def _build(model, tmp: Path, precisions, block_sizes, engines, heldout, fused, b
 
     cfg = model.config
     if heldout is None:
-        from fastblt.graphs.data import heldout_windows
+        from fastblt.graphs.training.data import heldout_windows
 
         heldout = heldout_windows(None, 256, 16)
     prompts = prompts_from(heldout, 8)
@@ -186,7 +186,7 @@ def add_precisions(root: Path, manifest: dict, precisions, rec, heldout, prompts
 def quantize_bundle(bundle: Path, precisions: tuple[str, ...], log=print, bars: bool = False) -> Path:
     """Add quantized precisions to an existing bundle (calibrated through its own FP32 graphs; no torch)."""
     from fastblt.export.calibration import prompts_from, record
-    from fastblt.graphs.data import heldout_windows
+    from fastblt.graphs.training.data import heldout_windows
     from fastblt.runtime.backends.ort import OrtBackend
     from fastblt.runtime.manifest import Manifest
 

@@ -97,8 +97,8 @@ def train(run_dir, out, preset, config_path, corpora, patcher_steps, steps, batc
         from fastblt.graphs import BltConfig
         from fastblt.graphs.config import PRESETS as CONFIGS
         from fastblt.graphs.constants import DIFFUSION_VOCAB, MASK_ID, PAD_ID
-        from fastblt.graphs.pipeline import train_bltd
-        from fastblt.graphs.train import TrainConfig
+        from fastblt.graphs.training.pipeline import train_bltd
+        from fastblt.graphs.training.train import TrainConfig
 
         world = int(os.environ.get("WORLD_SIZE", "1"))
         torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // world))
@@ -147,8 +147,8 @@ def train_decoder(checkpoint, run_dir, out, corpora, steps, batch_size, seq_len,
                   mask_weight, distill, eval_every, ckpt_every, seed, precision, quiet):
     """Adapt an existing BLT (native or HF) to BLT-D: patcher, encoder and global stay frozen."""
     try:
-        from fastblt.graphs.pipeline import adapt_decoder
-        from fastblt.graphs.train import TrainConfig
+        from fastblt.graphs.training.pipeline import adapt_decoder
+        from fastblt.graphs.training.train import TrainConfig
 
         sizes = _ints(block_sizes)
         tc = TrainConfig(objective="decoder", steps=steps, lr=lr, warmup=min(200, steps // 10 + 1), seq_len=seq_len,
@@ -307,7 +307,7 @@ def eval_cmd(checkpoint, corpora, seq_len, max_windows, threads):
     try:
         import torch
 
-        from fastblt.graphs.evaluate import evaluate
+        from fastblt.graphs.training.evaluate import evaluate
 
         if threads:
             torch.set_num_threads(threads)

@@ -89,7 +89,7 @@ def narrow_ranges(ranges: dict, span: int) -> dict:
 def real_text(backend, args):
     """Held-out prompts and each graph's real-text calls, recorded through `backend` in every mode."""
     from fastblt.export.calibration import prompts_from, record
-    from fastblt.graphs.data import heldout_windows
+    from fastblt.graphs.training.data import heldout_windows
 
     prompts = prompts_from(heldout_windows(None, 256, args.prompts), args.prompts, args.prompt_bytes)
     return prompts, record(backend, prompts, new_bytes=args.new_bytes, limit=args.calls).records

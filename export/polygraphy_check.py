@@ -68,7 +68,7 @@ def polygraphy_check(bundle: str | Path, model, prompts: list[bytes] | None = No
     """Compare every fp32 graph (and its TensorRT engine, on a GPU) of `bundle` with `model`, the torch
     module it was exported from; raises PolygraphyError naming every failing graph output."""
     from fastblt.export.calibration import prompts_from, record
-    from fastblt.graphs.data import heldout_windows
+    from fastblt.graphs.training.data import heldout_windows
     from fastblt.runtime.backends.torch_ref import TorchBackend
     from fastblt.runtime.manifest import Manifest
 

@@ -1,6 +1,8 @@
-"""fastblt.graphs — what gets exported: the PyTorch BLT, its config, checkpoints and training.
+"""fastblt.graphs — what gets exported: the PyTorch BLT, its config, its incremental graphs, checkpoints and
+HF import/export; `training/` makes the model (corpora, training loop, evaluation, patcher θ search).
 
-`config`, `checkpoint` (up to loading) and `spec` import without torch; the model is imported on first use.
+`config`, `constants`, `spec`, `patching`, `atomic` and `checkpoint` (up to loading) import without torch; the
+model is imported on first use.
 """
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ def tiny_bundle(tiny_bltd, tmp_path_factory):
     """`tiny_bltd` exported once: fp32, standard and fused graphs (an export is the slow part of such tests)."""
     pytest.importorskip("onnxruntime")
     from fastblt.export.bundle import build_bundle
-    from fastblt.graphs.data import windows
+    from fastblt.graphs.training.data import windows
 
     text = b"def add(a, b):\n    return a + b\n\n\nclass Point:\n    def __init__(self, x, y):\n" * 2
     return build_bundle(tiny_bltd, tmp_path_factory.mktemp("shared") / "tiny", ("fp32",), engines="no",

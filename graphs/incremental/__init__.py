@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastblt.graphs.incremental.decoder_block import DecoderBlockGraph
 from fastblt.graphs.incremental.decoder_step import DecoderStepGraph
 from fastblt.graphs.incremental.encoder import EncoderGraph
-from fastblt.graphs.incremental.latent import GlobalGraph
+from fastblt.graphs.incremental.global_step import GlobalGraph
 from fastblt.graphs.incremental.patcher import PatcherGraph
 
 

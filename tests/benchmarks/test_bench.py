@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from fastblt.benchmarks import quality
 from fastblt.benchmarks.cli import main
 from fastblt.benchmarks.common import BenchError, heldout_prompts, parse_setting
-from fastblt.graphs.data import corpus_documents
+from fastblt.graphs.training.data import corpus_documents
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("matplotlib")

@@ -14,8 +14,8 @@ from fastblt.export import bundle as bundle_mod
 from fastblt.export.bundle import BuildError, build_bundle
 from fastblt.export.quantize import QuantizeError, modelopt_available
 from fastblt.graphs.config import TransformerConfig, tiny_config
-from fastblt.graphs.data import windows
 from fastblt.graphs.model import BltModel
+from fastblt.graphs.training.data import windows
 from fastblt.runtime.backends.ort import OrtBackend
 from fastblt.runtime.backends.torch_ref import TorchBackend
 from fastblt.runtime.generator import Generator

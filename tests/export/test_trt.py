@@ -335,8 +335,8 @@ def trt_bundle(gpu, tmp_path_factory):
     import torch
 
     from fastblt.export.bundle import build_bundle
-    from fastblt.graphs.data import windows
     from fastblt.graphs.model import BltModel
+    from fastblt.graphs.training.data import windows
 
     torch.manual_seed(0)
     model = BltModel(tiny_config(vocab_size=262, mask_id=260, pad_id=261, block_sizes=(4, 8))).eval()

@@ -37,7 +37,7 @@ def test_graphs_never_import_the_runtime():
 def test_constants_import_nothing_heavy_and_graphs_data_leaves_the_runtime_unloaded(tmp_path):
     code = ("import sys, fastblt.graphs.constants\n"
             "print(sorted(m for m in ('numpy', 'torch') if m in sys.modules))\n"
-            "import fastblt.graphs.data, fastblt.graphs.patching\n"
+            "import fastblt.graphs.training.data, fastblt.graphs.patching\n"
             "print(sorted(m for m in sys.modules if m.startswith('fastblt.runtime')))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert out.stdout.split("\n")[:2] == ["[]", "[]"], out.stdout

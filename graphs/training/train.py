@@ -23,10 +23,10 @@ from torch import nn
 from fastblt.graphs.checkpoint import save_model
 from fastblt.graphs.config import SUPPORTED_BLOCK_SIZES
 from fastblt.graphs.constants import BYTE_VOCAB
-from fastblt.graphs.data import Stream, batches, corpus_documents, heldout_windows
 from fastblt.graphs.diffusion import bltd_loss
-from fastblt.graphs.evaluate import evaluate
-from fastblt.graphs.train_state import load_state, save_state
+from fastblt.graphs.training.data import Stream, batches, corpus_documents, heldout_windows
+from fastblt.graphs.training.evaluate import evaluate
+from fastblt.graphs.training.train_state import load_state, save_state
 
 OBJECTIVES = ("patcher", "bltd", "decoder")
 LN2 = math.log(2.0)

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import torch
 
-from fastblt.graphs.calibrate import entropies, search_threshold
 from fastblt.graphs.config import BltConfig
 from fastblt.graphs.constants import BYTE_VOCAB, DIFFUSION_VOCAB, MASK_ID, OFFSET, PAD_ID
-from fastblt.graphs.data import heldout_windows
 from fastblt.graphs.model import BltModel
-from fastblt.graphs.train import TrainConfig, Trainer, TrainError, export_model, init_distributed
-from fastblt.graphs.train_state import load_weights
+from fastblt.graphs.training.calibrate import entropies, search_threshold
+from fastblt.graphs.training.data import heldout_windows
+from fastblt.graphs.training.train import TrainConfig, Trainer, TrainError, export_model, init_distributed
+from fastblt.graphs.training.train_state import load_weights
 
 
 def _barrier(world: int) -> None:

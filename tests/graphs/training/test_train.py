@@ -14,13 +14,13 @@ import torch
 from safetensors.torch import load_file
 
 from fastblt.graphs import load_model
-from fastblt.graphs.calibrate import CalibrationError, search_threshold
 from fastblt.graphs.config import tiny_config
-from fastblt.graphs.data import CorpusError, corpus_documents
 from fastblt.graphs.model import BltModel
-from fastblt.graphs.pipeline import adapt_decoder, train_bltd
-from fastblt.graphs.train import TrainConfig, Trainer, TrainError
-from fastblt.graphs.train_state import ResumeError
+from fastblt.graphs.training.calibrate import CalibrationError, search_threshold
+from fastblt.graphs.training.data import CorpusError, corpus_documents
+from fastblt.graphs.training.pipeline import adapt_decoder, train_bltd
+from fastblt.graphs.training.train import TrainConfig, Trainer, TrainError
+from fastblt.graphs.training.train_state import ResumeError
 
 TEXT = "def add(a, b):\n    return a + b\n\nclass Point:\n    x: int = 0\n    y: int = 0\n"
 
