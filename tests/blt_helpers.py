@@ -62,3 +62,21 @@ def ids_of(prompt) -> list[int]:
     from fastblt.runtime.host import encode
 
     return encode(prompt)
+
+
+def peaky_bltd(seed: int, threshold: float = 3.5, **kw):
+    """A random tiny BLT-D model (block sizes 4, 8, 16) with peaked next-byte distributions: fewer near-ties
+    in greedy comparisons, and a patcher whose entropies cross `threshold` often."""
+    import torch
+
+    from fastblt.graphs.config import tiny_config
+    from fastblt.graphs.model import BltModel
+
+    torch.manual_seed(seed)
+    cfg = tiny_config(vocab_size=262, mask_id=260, pad_id=261, block_sizes=(4, 8, 16), patch_threshold=threshold,
+                      **kw)
+    model = BltModel(cfg).eval()
+    with torch.no_grad():
+        model.patcher.lm_head.weight.mul_(10.0)
+        model.lm_head.weight.mul_(3.0)
+    return model

@@ -12,6 +12,7 @@ import torch
 
 from fastblt.export import bundle as bundle_mod
 from fastblt.export.bundle import BuildError, build_bundle
+from fastblt.export.calibration import greedy_agreement
 from fastblt.export.quantize import QuantizeError, modelopt_available
 from fastblt.graphs.config import TransformerConfig, tiny_config
 from fastblt.graphs.model import BltModel
@@ -161,7 +162,13 @@ def test_an_onnxruntime_that_cannot_load_the_fused_graphs(built, monkeypatch):
 def test_int8_runs_and_is_reported(built):
     q = Manifest.load(built).quality
     assert np.isfinite(q["int8"]["heldout_bpb"])
-    assert 0.0 <= q["int8"]["greedy_agreement_vs_fp32"]["identical"] <= 1.0
+    agree = q["int8"]["greedy_agreement_vs_fp32"]
+    share = agree["identical"] * agree["prompts"]  # a count of prompts
+    assert agree["prompts"] > 0 and share == pytest.approx(round(share))
+    fp32 = OrtBackend(built, "fp32")
+    same = greedy_agreement(fp32, fp32, [b"def f(x):", b"import os\n"], new_bytes=8)
+    assert same["identical"] == 1.0 and same["mean_shared_prefix_bytes"] == np.mean(
+        [len(Generator(fp32).generate(p, max_new_bytes=8).bytes) for p in (b"def f(x):", b"import os\n")])
     out = Generator(OrtBackend(built, "int8")).generate("def f(x):", max_new_bytes=16)
     assert out.counters["new_bytes"] == len(out.bytes) > 0
 

@@ -1,9 +1,9 @@
-"""Host bookkeeping: the spec's hash test vectors, incremental = batch, and torch twin = numpy."""
+"""Host bookkeeping: the spec's hash test vectors, incremental = batch, torch twin = numpy, byte ids
+(the patch rule: tests/graphs/test_patching.py)."""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from fastblt.graphs.config import tiny_config
@@ -39,29 +39,6 @@ def test_torch_hash_equals_host():
     got = model.hash_ids(torch.from_numpy(ids)).numpy()
     for row in range(2):
         assert (got[row] == host.hash_ids(ids[row], (3, 4, 5, 6, 7, 8), 500002, 3)).all()
-
-
-@pytest.mark.parametrize("max_len", [None, 1, 3, 8])
-def test_patch_rules_agree(max_len):
-    rng = np.random.default_rng(2)
-    ent = rng.exponential(1.0, size=(3, 120)).astype(np.float32)
-    model = BltModel(tiny_config(patch_threshold=1.2, max_patch_length=max_len))
-    batch = model.patch_starts(torch.from_numpy(ent)).numpy()
-    for row in range(3):
-        starts = host.patch_starts(ent[row], 1.2, max_len)
-        assert (starts == batch[row]).all()
-        assert starts[0] and starts[1]
-        cur = 0
-        for n in range(1, 121):  # the incremental rule reproduces the batch rule
-            is_start = host.next_is_start(float(ent[row, n - 1]), n, cur, 1.2, max_len)
-            assert is_start == starts[n]
-            cur = n if is_start else cur
-        lengths = host.patch_lengths(starts)
-        assert sum(lengths) == 120
-        if max_len:
-            assert max(lengths) <= max_len
-        e, d = host.patch_ids(starts)
-        assert d[0] == 0 and (d <= e).all() and (d >= e - 1).all()
 
 
 def test_encode_decode_any_bytes():

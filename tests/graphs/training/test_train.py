@@ -16,7 +16,6 @@ from safetensors.torch import load_file
 from fastblt.graphs import load_model
 from fastblt.graphs.config import tiny_config
 from fastblt.graphs.model import BltModel
-from fastblt.graphs.training.calibrate import CalibrationError, search_threshold
 from fastblt.graphs.training.data import CorpusError, corpus_documents
 from fastblt.graphs.training.pipeline import adapt_decoder, train_bltd
 from fastblt.graphs.training.train import TrainConfig, Trainer, TrainError
@@ -156,14 +155,3 @@ def test_bad_inputs(tmp_path, corpus):
     (tmp_path / "ckpt-bltd" / "optimizer.safetensors").write_bytes(b"garbage")
     with pytest.raises(ResumeError, match="corrupt or incomplete resume checkpoint"):
         Trainer(BltModel(_cfg()), _tc(corpus, steps=2), tmp_path).resume()
-
-
-def test_threshold_search():
-    rng = np.random.default_rng(0)
-    rows = [rng.exponential(1.0, 300) for _ in range(5)]
-    theta, got = search_threshold(rows, 4.0, 8)
-    assert abs(got - 4.0) < 0.1
-    with pytest.raises(CalibrationError, match="exceeds max_patch_length=8"):
-        search_threshold(rows, 9.0, 8)
-    with pytest.raises(CalibrationError, match="out of reach"):
-        search_threshold([r[:10] for r in rows], 7.9, 8)

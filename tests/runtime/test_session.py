@@ -1,0 +1,96 @@
+"""Session: caches after rejected drafts equal a fresh prefill, drafts' encoder work reused by the commit,
+the slack bounding drafts and rollback with clear errors."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from blt_helpers import peaky_bltd
+
+from fastblt.runtime.backends.torch_ref import TorchBackend
+from fastblt.runtime.counters import Counters
+from fastblt.runtime.modes import selfspec
+from fastblt.runtime.sampling import Sampler, SamplingConfig
+from fastblt.runtime.session import Session
+
+
+def _same_as_prefill(session: Session, backend) -> None:
+    fresh = Session(backend)
+    fresh.commit(session.ids)
+    assert fresh.patch_starts == session.patch_starts
+    assert np.allclose(fresh.entropies, session.entropies, atol=1e-5)
+    n = fresh.n_closed
+    assert np.abs(fresh.memory[:n] - session.memory[:n]).max() <= 1e-4
+    for name in ("patcher", "encoder", "global", "decoder"):
+        a, b = fresh.caches[name], session.caches[name]
+        assert a.end == b.end, name
+        ka, va = a.visible()
+        kb, vb = b.visible()
+        assert ka.shape == kb.shape and np.abs(ka - kb).max() <= 1e-4 and np.abs(va - vb).max() <= 1e-4, name
+    assert np.abs(fresh.logits() - session.logits()).max() <= 1e-4
+
+
+def test_caches_after_rejection_equal_fresh_prefill():
+    backend = TorchBackend(peaky_bltd(2, threshold=1.0))  # ~1-2 bytes per patch: stale drafts get rejected
+    session = Session(backend)
+    session.commit([1] + [c + 4 for c in b"for i in range(10):"])
+    sampler = Sampler(SamplingConfig(temperature=1.0, seed=0), backend.config.vocab_size)
+    counters = Counters("blts")
+    rejections = 0
+    for event in itertools.islice(selfspec.run(session, sampler, 200, counters, draft_k=6), 200):
+        if event["type"] == "verify":
+            rejections += event["accepted"] < event["drafted"]
+            _same_as_prefill(session, backend)
+    assert rejections >= 3
+
+
+@pytest.mark.parametrize("shared", [5, 2, 0])
+def test_commit_after_drafts_reuses_their_encoder_work_exactly(shared):
+    backend = TorchBackend(peaky_bltd(3))
+    session = Session(backend)
+    session.commit([1] + [c + 4 for c in b"def f(x):\n    return"])
+    drafts = [c + 4 for c in b" x + 1"]
+    for byte_id in drafts[:5]:
+        session.draft_step(byte_id)
+    ids = drafts[:shared] + [c + 4 for c in b"(y)-22"][: 6 - shared]
+    steps, calls = session.byte_steps["encoder"], session.calls["encoder"]
+    session.commit(ids)
+    assert session.byte_steps["encoder"] - steps == 6 - shared  # only the bytes the drafts did not encode
+    assert session.calls["encoder"] - calls == 1
+    assert session.draft_ids == [] and session.draft_states == []
+    _same_as_prefill(session, backend)
+
+
+def test_a_rejected_commit_keeps_the_drafts():
+    backend = TorchBackend(peaky_bltd(3))
+    session = Session(backend)
+    session.commit([1, 70, 71])
+    session.draft_step(72)
+    with pytest.raises(ValueError, match="ids must lie in"):
+        session.commit([72, 999])
+    assert session.draft_ids == [72] and session.caches["encoder"].end == 4
+    session.commit([72, 73])
+    _same_as_prefill(session, backend)
+
+
+def test_session_slack_bounds_drafts_and_rollback_with_clear_errors():
+    backend = TorchBackend(peaky_bltd(3))  # window 64
+    text = [1] + [c + 4 for c in b"import os\nimport sys\n" * 12]
+    session = Session(backend, slack=3)
+    for i in range(0, len(text), 5):  # many small commits: every windowed cache compacts
+        session.commit(text[i:i + 5])
+    assert all(session.caches[n].start > 0 for n in ("patcher", "encoder", "decoder"))
+    for byte_id in (50, 51, 52):
+        session.draft_step(byte_id)
+    with pytest.raises(ValueError, match="allows 3 outstanding drafts"):
+        session.draft_step(53)
+    session.commit([50, 51, 52, 53])
+    session.rollback(session.length - 3)  # within the slack: exact
+    _same_as_prefill(session, backend)
+    for i in range(12):  # 12 more one-byte commits compact again: a deep rollback would lose window entries
+        session.commit([60 + i])
+    with pytest.raises(ValueError, match="cannot roll back 40 bytes: this session keeps 3"):
+        session.rollback(session.length - 40)
+    _same_as_prefill(session, backend)  # the failed rollback changed nothing
