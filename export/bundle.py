@@ -60,7 +60,7 @@ def check_request(precisions: tuple[str, ...], engines: str) -> None:
         raise BuildError(f"--engines {engines!r}; valid values are auto, yes, no")
     if engines == "no":
         return
-    from fastblt.export.trt_build import check_precision, device_info
+    from fastblt.runtime.trt_device import check_precision, device_info
 
     info = device_info()
     if info is None:
@@ -240,8 +240,9 @@ def _register(root: Path, manifest: dict, precision: str) -> None:
 
 
 def _engines(root: Path, manifest: dict, precisions, block_sizes, blog: BuildLog) -> None:
-    from fastblt.export.trt_build import build_engine, device_info
+    from fastblt.export.trt_build import build_engine
     from fastblt.graphs.spec import dim_ranges
+    from fastblt.runtime.trt_device import device_info
 
     info = device_info()
     if info is None:

@@ -18,26 +18,13 @@ from fastblt.graphs.atomic import atomic_file
 from fastblt.graphs.constants import graph_key
 from fastblt.graphs.spec import GraphSpec, TensorSpec
 from fastblt.runtime.manifest import sha256_file
-from fastblt.runtime.trt_device import (  # noqa: F401  (re-exported: the builder's public API)
-    FP8_MIN_CC,
-    PRECISIONS,
-    REBUILD,
-    TRT_HINT,
-    DeviceError,
+from fastblt.runtime.trt_device import (
     DeviceInfo,
     EngineBuildError,
-    EngineMismatchError,
-    PrecisionError,
-    check_engine,
     check_precision,
     create,
-    cuda_check,
-    device_info,
     engine_key,
-    import_cudart,
     import_tensorrt,
-    probe,
-    require_device,
     shared_logger,
 )
 

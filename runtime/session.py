@@ -44,7 +44,7 @@ class Session:
         if not isinstance(slack, int) or slack < 0:
             raise ValueError(f"slack={slack!r} must be an integer ≥ 0")
         self.backend = backend
-        self._in_place = getattr(backend, "in_place_graphs", frozenset())
+        self._in_place = backend.in_place_graphs
         cfg = self.config = backend.config
         self.slack = slack
         self.caches = {

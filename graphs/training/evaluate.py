@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from fastblt.graphs.diffusion import bltd_loss
 from fastblt.graphs.training.data import heldout_windows
+from fastblt.graphs.training.diffusion import bltd_loss
 
 LN2 = math.log(2.0)
 

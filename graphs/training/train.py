@@ -23,8 +23,8 @@ from torch import nn
 from fastblt.graphs.checkpoint import save_model
 from fastblt.graphs.config import SUPPORTED_BLOCK_SIZES
 from fastblt.graphs.constants import BYTE_VOCAB
-from fastblt.graphs.diffusion import bltd_loss
 from fastblt.graphs.training.data import Stream, batches, corpus_documents, heldout_windows
+from fastblt.graphs.training.diffusion import bltd_loss
 from fastblt.graphs.training.evaluate import evaluate
 from fastblt.graphs.training.train_state import load_state, save_state
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from fastblt.runtime.counters import Counters
+from fastblt.runtime.host import EOS
 from fastblt.runtime.sampling import Sampler
 from fastblt.runtime.session import BLOCK_STARTS, Session
 from fastblt.runtime.unmask import UnmaskConfig, select
@@ -104,8 +105,8 @@ def run(session: Session, sampler: Sampler, budget: int, counters: Counters, blo
         counters.paper_n_enc += 1
         counters.paper_n_dec += counters.steps_per_block[-1]
         ids = block[known:].tolist()
-        if 2 in ids:  # EOS ends the generation inside the block
-            ids = ids[: ids.index(2) + 1]
+        if EOS in ids:  # EOS ends the generation inside the block
+            ids = ids[: ids.index(EOS) + 1]
             yield {"type": "commit", "ids": ids}
             return
         session.commit(ids, open_latent=block_start == "forced")  # the next block's latent in the same call

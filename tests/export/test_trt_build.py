@@ -17,23 +17,22 @@ import numpy as np
 import pytest
 from trt_helpers import REQUIRE_GPU, fake_tensorrt, gpu_or_skip, install
 
-from fastblt.export.trt_build import (
+from fastblt.export.trt_build import build_engine, profile_shapes
+from fastblt.graphs.config import SUPPORTED_BLOCK_SIZES, tiny_config
+from fastblt.graphs.spec import GraphSpec, TensorSpec, dim_ranges, graph_specs
+from fastblt.runtime.trt_device import (
     DeviceError,
     DeviceInfo,
     EngineBuildError,
     EngineMismatchError,
     PrecisionError,
-    build_engine,
     check_engine,
     check_precision,
     device_info,
     engine_key,
     probe,
-    profile_shapes,
     require_device,
 )
-from fastblt.graphs.config import SUPPORTED_BLOCK_SIZES, tiny_config
-from fastblt.graphs.spec import GraphSpec, TensorSpec, dim_ranges, graph_specs
 
 ADA = DeviceInfo("NVIDIA GeForce RTX 4090", "8.9", "10.3.0", False)
 ORIN = DeviceInfo("Orin", "8.7", "10.3.0", True)

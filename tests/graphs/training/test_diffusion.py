@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from fastblt.graphs.config import tiny_config
-from fastblt.graphs.diffusion import block_logits, bltd_loss, greedy_targets, make_blocks, noise
 from fastblt.graphs.model import BltModel
+from fastblt.graphs.training.diffusion import block_logits, bltd_loss, greedy_targets, make_blocks, noise
 from fastblt.runtime.backends.torch_ref import TorchBackend
 from fastblt.runtime.session import Session
 
