@@ -71,6 +71,8 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--block-probs", default="0.4,0.4,0.2", show_default=True)
 @click.option("--mask-weight", type=float, default=1.0, show_default=True,
               help="λ in L_clean + λ·L_mask (1 = the paper's unweighted sum; < 1 favours next-byte prediction).")
+@click.option("--distill", type=float, default=0.0, show_default=True,
+              help="Fraction of sequences whose block targets are the model's own greedy continuation.")
 @click.option("--target-patch-size", type=float, default=4.0, show_default=True)
 @click.option("--max-patch-length", type=int, default=8, show_default=True)
 @click.option("--eval-every", type=int, default=500, show_default=True)
@@ -84,8 +86,8 @@ def _floats(text: str) -> tuple[float, ...]:
               help="Continue training this BLT (e.g. the bundled default model): all its weights, patcher and θ "
                    "are kept, the patcher stage is skipped; --preset/--config/--max-patch-length are ignored.")
 def train(run_dir, out, preset, config_path, corpora, patcher_steps, steps, batch_size, seq_len, lr, block_sizes,
-          block_probs, mask_weight, target_patch_size, max_patch_length, eval_every, ckpt_every, threads, seed,
-          precision, quiet, init_from):
+          block_probs, mask_weight, distill, target_patch_size, max_patch_length, eval_every, ckpt_every, threads,
+          seed, precision, quiet, init_from):
     """Train a BLT-D from scratch (entropy patcher, θ search, then next-byte + block-diffusion training), or
     continue one with --init-from. Runs under `torchrun --nproc_per_node=N` (gloo) for data parallelism."""
     import dataclasses
@@ -114,7 +116,7 @@ def train(run_dir, out, preset, config_path, corpora, patcher_steps, steps, batc
         warmup = min(100 if init_from else 300, steps // 10 + 1)  # a continuation needs only a short warmup
         main_tc = TrainConfig(objective="bltd", steps=steps, lr=lr, warmup=warmup,
                               block_sizes=_ints(block_sizes), block_probs=_floats(block_probs),
-                              mask_weight=mask_weight, **common).validate(cfg)
+                              mask_weight=mask_weight, distill=distill, **common).validate(cfg)
         path = train_bltd(run_dir, cfg, patcher_tc, main_tc, target_patch_size, out, progress=not quiet, seed=seed,
                           init_from=init_from)
     except (ValueError, OSError) as exc:

@@ -62,6 +62,13 @@ def _power_matrix(sizes: tuple[int, ...], n_functions: int) -> np.ndarray:
     return mat
 
 
+@functools.lru_cache(maxsize=64)
+def _window_index(t: int, width: int) -> np.ndarray:
+    """Gather index of every position's window of `width` ids (a fancy index beats sliding_window_view's
+    per-call Python overhead at the few rows a decode call hashes)."""
+    return np.arange(t)[:, None] + np.arange(width)
+
+
 def _hash_one(window: list[int], sizes: Sequence[int], vocab: int, n_functions: int, fused: bool) -> list[int]:
     """Hash ids of the last position of `window` (its max(sizes) ids, zeros before the sequence), in plain
     Python ints: a decode step hashes one byte, where numpy's per-call overhead would dominate."""
@@ -101,7 +108,7 @@ def hash_ids(
     hist = np.asarray(list(history)[-(gmax - 1):] if gmax > 1 else [], dtype=np.int64)
     hist = np.concatenate([np.zeros(gmax - 1 - hist.size, dtype=np.int64), hist])
     full = np.concatenate([hist, ids]).astype(np.uint64)
-    windows = np.lib.stride_tricks.sliding_window_view(full, gmax)  # [t, gmax], oldest id first
+    windows = full[_window_index(ids.size, gmax)]  # [t, gmax], oldest id first
     with np.errstate(over="ignore"):
         acc = windows @ _power_matrix(tuple(sizes), n_functions)  # uint64 products and sums wrap mod 2^64
     out = np.mod(acc.view(np.int64), vocab)

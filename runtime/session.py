@@ -19,6 +19,7 @@ the local window plus a rollback slack.
 from __future__ import annotations
 
 import bisect
+import functools
 import time
 
 import numpy as np
@@ -269,21 +270,13 @@ class Session:
         before `start` is read-only and visible (window permitting), cached rows from `start` on are not;
         rows see each other bidirectionally (diffusion) or causally (verify). `memory` is [B, k, D] (per-row
         latent slots). Returns logits [B, V]."""
-        cfg = self.config
         bsz = states.shape[0]
         start = self.length if start is None else start
         past_k, _ = self.caches["decoder"].visible(start)
-        t = past_k.shape[3]
-        rows = np.arange(start, start + bsz)[:, None]
-        keys = np.concatenate([np.arange(start - t, start), np.arange(start, start + bsz)])[None]
-        ok = np.ones((bsz, t + bsz), dtype=bool)
-        if cfg.decoder.window is not None:
-            ok = rows - keys < cfg.decoder.window
-        ok[:, t:] = True if bidirectional else np.tri(bsz, dtype=bool)
         feeds = {"states": states[None].astype(np.float32),
                  "positions": np.arange(start, start + bsz, dtype=np.int64)[None],
                  "memory": memory[None].astype(np.float32),
-                 "attn_bias": np.where(ok, 0.0, NEG).astype(np.float32)[None]}
+                 "attn_bias": block_bias(past_k.shape[3], bsz, self.config.decoder.window, bidirectional)}
         return self._run("decoder", "decoder_block", feeds, keep=False, before=start)["logits"][0]
 
     # ---- internals -------------------------------------------------------------------------------------------
@@ -338,6 +331,19 @@ class Session:
         if drop > TRIM_EVERY:
             self.row_logits = self.row_logits[drop:].copy()
             self.logits_start += drop
+
+
+@functools.lru_cache(maxsize=64)
+def block_bias(t: int, bsz: int, window: int | None, bidirectional: bool) -> np.ndarray:
+    """decoder_block's additive bias [1, B, t + B] over t visible prefix rows and the block: it depends only on
+    these (row i sits t - j + i after prefix key j), so diffusion steps share one read-only array."""
+    rows = np.arange(t, t + bsz)[:, None]
+    keys = np.arange(t + bsz)[None]
+    ok = np.ones((bsz, t + bsz), dtype=bool) if window is None else rows - keys < window
+    ok[:, t:] = True if bidirectional else np.tri(bsz, dtype=bool)
+    bias = np.where(ok, 0.0, NEG).astype(np.float32)[None]
+    bias.flags.writeable = False
+    return bias
 
 
 def _put_rows(buf: np.ndarray, at: int, rows: np.ndarray) -> np.ndarray:

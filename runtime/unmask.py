@@ -47,20 +47,21 @@ def _leading(ok: np.ndarray) -> int:
     return ok.size if ok.all() else int(np.argmin(ok))
 
 
-def select(cfg: UnmaskConfig, masked: np.ndarray, dists: np.ndarray) -> np.ndarray:
-    """Indices (into the block) to unmask now; never empty. `masked`: indices still masked, ascending;
-    `dists`: [B, V] per-position distributions."""
+def select(cfg: UnmaskConfig, dists: np.ndarray) -> np.ndarray:
+    """Which of the still-masked positions to unmask now, as ascending indices into them; never empty.
+    `dists`: [m, V], the distribution of each still-masked position in block order (left to right)."""
+    m = dists.shape[0]
     if cfg.rule == "one_step":
-        return masked
+        return np.arange(m)
     if cfg.rule == "confidence":
-        score = dists[masked].max(-1)
+        score = dists.max(-1)
         ok = score > cfg.alpha
         if cfg.order == "left_to_right":
-            return masked[: max(_leading(ok), 1)]
-        return masked[ok] if ok.any() else masked[[int(np.argmax(score))]]
-    h = entropy(dists[masked])
-    order = np.arange(masked.size) if cfg.order == "left_to_right" else np.argsort(h, kind="stable")
+            return np.arange(max(_leading(ok), 1))
+        return np.flatnonzero(ok) if ok.any() else np.array([int(np.argmax(score))])
+    h = entropy(dists)
+    order = np.arange(m) if cfg.order == "left_to_right" else np.argsort(h, kind="stable")
     csum = np.cumsum(h[order])
     budget = csum - np.maximum.accumulate(h[order]) if cfg.eb_variant == "eb_sampler" else csum
     n = max(_leading(budget <= cfg.gamma), 1)
-    return np.sort(masked[order[:n]])
+    return np.sort(order[:n])

@@ -136,6 +136,15 @@ def greedy_targets(model, ids_full, details, blocks: Blocks) -> torch.Tensor:
     return torch.where(blocks.target != cfg.pad_id, roll, cfg.pad_id)
 
 
+def _rows(x, rows: torch.Tensor):
+    """The given batch rows of a Blocks or a forward_details dict (its K/V caches are [layers, b, ...])."""
+    if isinstance(x, Blocks):
+        return Blocks(x.start[rows], x.patch[rows], x.valid[rows], x.target[rows], x.size)
+    out = {k: v[rows] for k, v in x.items() if isinstance(v, torch.Tensor)}
+    out.update({k: tuple(t[:, rows] for t in x[k]) for k in ("encoder_kv", "decoder_kv")})
+    return out
+
+
 def bltd_loss(model, ids_full: torch.Tensor, block_size: int, entropies: torch.Tensor | None = None,
               gen: torch.Generator | None = None, t: torch.Tensor | None = None,
               mask_weight: float = 1.0, distill: float = 0.0) -> dict[str, torch.Tensor]:
@@ -157,9 +166,11 @@ def bltd_loss(model, ids_full: torch.Tensor, block_size: int, entropies: torch.T
     b = ids.shape[0]
     if distill > 0:
         chosen = torch.rand(b, generator=gen, device=ids.device) < distill
-        if chosen.any():
-            greedy = greedy_targets(model, ids_full, details, blocks)
-            blocks.target = torch.where(chosen[:, None, None], greedy, blocks.target)
+        if chosen.any():  # roll out only the chosen sequences: the rollout costs B - 1 decoder passes
+            rows = chosen.nonzero()[:, 0]
+            target = blocks.target.clone()
+            target[rows] = greedy_targets(model, ids_full[rows], _rows(details, rows), _rows(blocks, rows))
+            blocks.target = target
     if t is None:
         t = torch.rand(b, generator=gen, device=ids.device).clamp(min=1e-3)
     noisy, masked = noise(blocks, t, cfg.mask_id, cfg.pad_id, gen)

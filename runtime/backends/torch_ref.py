@@ -38,10 +38,16 @@ class TorchBackend(BackendBase):
         spec = resolve(self.specs, graph, feeds, self.check)
         if not self.graphs:
             raise RuntimeError("this torch backend is closed")
-        args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in spec.input_names]
+        args = [torch.from_numpy(_writable(feeds[n])) for n in spec.input_names]
         with torch.inference_mode():
             outs = self.graphs[graph](*args)
         return {name: out.numpy() for name, out in zip(spec.output_names, outs, strict=True)}
 
     def close(self) -> None:
         self.graphs = {}
+
+
+def _writable(arr: np.ndarray) -> np.ndarray:
+    """torch.from_numpy shares memory and wants it writable; shared read-only feeds (cached biases) are copied."""
+    arr = np.ascontiguousarray(arr)
+    return arr if arr.flags.writeable else arr.copy()

@@ -41,8 +41,9 @@ def fill_block(session: Session, sampler: Sampler, rule: UnmaskConfig, block: np
         if masked.size == 0:
             break
         logits = session.block_logits(session.block_states(block, start), memory, bidirectional=True, start=start)
-        dists = sampler.soft(logits)
-        chosen = select(rule, masked, dists)
+        dists = sampler.soft(logits[masked])  # rows already unmasked are never read again
+        pick = select(rule, dists)
+        chosen = masked[pick]
         if sampler.cfg.greedy:  # q is a point mass on the argmax: no per-row warp needed
             best = sampler.argmax(logits[chosen])
             q[chosen, best] = 1.0
@@ -52,7 +53,7 @@ def fill_block(session: Session, sampler: Sampler, rule: UnmaskConfig, block: np
             block[chosen] = [sampler.draw(row) for row in q[chosen]]
         steps += 1
         events.append({"type": "unmask", "step": steps, "positions": chosen.tolist(),
-                       "ids": block[chosen].tolist(), "confidences": dists[chosen, block[chosen]].tolist()})
+                       "ids": block[chosen].tolist(), "confidences": dists[pick, block[chosen]].tolist()})
     counters.n_dec["diffusion_step"] += steps
     counters.steps_per_block.append(steps)
     return block, q

@@ -169,6 +169,21 @@ def test_distill_replaces_block_targets_not_the_clean_loss():
     assert not torch.equal(plain["mask_loss"], distilled["mask_loss"])
 
 
+def test_distill_rolls_out_only_the_chosen_rows_with_the_full_batch_targets():
+    """The rollout runs on the chosen sequences alone; their targets equal a full-batch rollout's rows."""
+    from fastblt.graphs.training.diffusion import _rows
+
+    model = _model(window=20)
+    ids_full = torch.cat([_ids(70, seed=s) for s in (1, 2, 3)])
+    rows = torch.tensor([0, 2])
+    with torch.no_grad():
+        details = model.forward_details(ids_full[:, :-1])
+        blocks = make_blocks(details["starts"], ids_full, 4, model.config.pad_id)
+        full = greedy_targets(model, ids_full, details, blocks)
+        part = greedy_targets(model, ids_full[rows], _rows(details, rows), _rows(blocks, rows))
+    assert torch.equal(part, full[rows])
+
+
 def test_loss_is_finite_and_weighted():
     model = _model()
     ids_full = torch.cat([_ids(80, seed=1), _ids(80, seed=2)])
