@@ -34,14 +34,14 @@ class KVCache:
         """Absolute position right after the last cached entry."""
         return self.start + self.length
 
-    def visible(self, position: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def visible(self, position: int | None = None, extra: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """The entries before `position` (default `end`) that a token there may attend (at most the last
-        window-1), as contiguous arrays."""
+        window-1), and `extra` more for tokens up to `extra` positions earlier, as contiguous arrays."""
         hi = self.length if position is None else position - self.start
-        if not (0 <= hi <= self.length) or not self.sees_window_at(self.start + hi):
+        if not (0 <= hi <= self.length) or not self.sees_window_at(self.start + hi - extra):
             raise ValueError(f"entries before position {position} are not all kept (cache holds "
                              f"{self.start}..{self.end - 1}); keep a larger slack")
-        n = hi if self.window is None else min(hi, self.window - 1)
+        n = hi if self.window is None else min(hi, self.window - 1 + extra)
         key = (self.version, self.start, hi, n)
         if self._visible[0] != key:  # a diffusion block reads the same prefix at every step: copy it once
             self._visible = (key, (np.ascontiguousarray(self.k[:, :, :, hi - n:hi]),

@@ -11,6 +11,9 @@
   closed) and the latent its rows read.
 - `block_states(ids, start)` / `block_logits(...)`: the encoder in scratch mode and `decoder_block` over a
   block placed at `start`; no cache changes.
+- `commit(ids, defer_decoder=True)` (BLT-D): the decoder rows of the new bytes wait for the next
+  `block_logits`, which computes them in the same `decoder_block` call as the block (causal rows appended to
+  the cache, block rows in scratch), as the paper's BLT-D does; any other use runs them first on their own.
 
 Boundaries, hash ids and the decoder's patch index are host bookkeeping (runtime/host.py). Caches stay at
 the local window plus a rollback slack.
@@ -19,18 +22,17 @@ the local window plus a rollback slack.
 from __future__ import annotations
 
 import bisect
-import functools
 import time
 
 import numpy as np
 
 from fastblt.graphs.constants import MAX_CHUNK, ROLLBACK_SLACK
 from fastblt.runtime import host
+from fastblt.runtime.bias import block_bias, fused_bias
 from fastblt.runtime.cache import KVCache
 
 BLOCK_STARTS = ("patch", "forced")
 TRIM_EVERY = 256  # host rows (encoder states, logits) dropped in batches: one copy per 256 bytes, not per call
-NEG = np.finfo(np.float32).min
 
 
 class SequenceTooLongError(ValueError):
@@ -68,6 +70,7 @@ class Session:
         self.byte_steps = {"patcher": 0, "encoder": 0}
         self.forced_closures = 0
         self._open_latent: np.ndarray | None = None  # the forced-closed open patch's latent (commit(open_latent))
+        self._pending: tuple | None = None  # decoder rows of a commit(defer_decoder=True): (n0, states, memory)
         self._gmax = max(cfg.hash_sizes)
         self._limit = min(cfg.encoder.max_positions, cfg.decoder.max_positions, cfg.patcher.max_positions)
 
@@ -83,25 +86,29 @@ class Session:
 
     def logits(self, position: int | None = None) -> np.ndarray:
         """Decoder logits of row `position` (default: the last), i.e. the distribution of the next byte."""
+        self.flush()
         position = self.length - 1 if position is None else position
         if not (self.logits_start <= position < self.length):
             raise IndexError(f"logits of row {position} are not kept (rows {self.logits_start}..{self.length - 1})")
         return self.row_logits[position - self.logits_start]
 
     # ---- committing -----------------------------------------------------------------------------------------
-    def commit(self, new_ids, open_latent: bool = False) -> np.ndarray:
+    def commit(self, new_ids, open_latent: bool = False, defer_decoder: bool = False) -> np.ndarray | None:
         """Append ids (BOS first on an empty session); returns decoder logits [t, V] of the new rows.
 
         `open_latent`: also compute, in the same global call as the patches the new ids close, the latent of
         the open patch closed by force (one extra row that never enters the global cache); `last_latent()`
-        then returns it without a call of its own (BLT-D's next block)."""
+        then returns it without a call of its own (BLT-D's next block). `defer_decoder`: leave the new rows'
+        decoder pass to the next `block_logits` call (fused with the block) and return None."""
         new = np.asarray(new_ids, dtype=np.int64).reshape(-1)
         self._check_room(self.length + new.size)
+        self.flush()
         self._open_latent = None
         if new.size > MAX_CHUNK:  # graphs (and TensorRT profiles) take at most MAX_CHUNK new bytes per call
             parts = [new[i:i + MAX_CHUNK] for i in range(0, new.size, MAX_CHUNK)]
-            return np.concatenate([self.commit(part, open_latent and i == len(parts) - 1)
-                                   for i, part in enumerate(parts)])
+            outs = [self.commit(part, open_latent and i == len(parts) - 1, defer_decoder and i == len(parts) - 1)
+                    for i, part in enumerate(parts)]
+            return None if defer_decoder else np.concatenate(outs)
         t, n0, cfg = new.size, self.length, self.config
         if t == 0:
             raise ValueError("commit needs at least one id")
@@ -146,16 +153,33 @@ class Session:
                 self.forced_closures += 1
             if closing:
                 self.memory = _put_rows(self.memory, first, memory[: len(closing)])
+        if defer_decoder:
+            self._pending = (n0, states, self.memory[rows])
+            self._trim(logits=False)
+            return None
         feeds = {"states": states[None], "positions": pos, "memory": self.memory[rows][None]}
         logits = self._run("decoder", "decoder_step", feeds)["logits"][0]
         self.row_logits = _put_rows(self.row_logits, n0 - self.logits_start, logits)
         self._trim()
         return logits
 
+    def flush(self) -> None:
+        """Run the decoder rows a `commit(defer_decoder=True)` left pending, on their own (no-op if none)."""
+        if self._pending is None:
+            return
+        n0, states, memory = self._pending
+        self._pending = None
+        pos = np.arange(n0, n0 + states.shape[0], dtype=np.int64)[None]
+        logits = self._run("decoder", "decoder_step", {"states": states[None], "positions": pos,
+                                                       "memory": memory[None]})["logits"][0]
+        self.row_logits = _put_rows(self.row_logits, n0 - self.logits_start, logits)
+        self._trim()
+
     def rollback(self, length: int) -> None:
         """Forget everything from position `length` on; every cache then equals a prefill of ids[:length]."""
         if not (1 <= length <= self.length):
             raise ValueError(f"rollback length must be in [1, {self.length}], got {length}")
+        self.flush()
         short = [name for name in ("patcher", "encoder", "decoder") if not self.caches[name].sees_window_at(length)]
         if self.length - length > self.slack or length - 1 < self.logits_start or length < self.states_start or short:
             raise ValueError(f"cannot roll back {self.length - length} bytes: this session keeps {self.slack} "
@@ -174,6 +198,7 @@ class Session:
     def draft_step(self, byte_id: int) -> np.ndarray:
         """Logits [V] for the byte after `byte_id`, placed after the sequence and earlier drafts, conditioned on
         the latest closed patch's latent (BLT-S's stale conditioning: no patcher, no global call)."""
+        self.flush()
         n = self.length + len(self.draft_ids)
         if len(self.draft_ids) >= self.slack:
             raise ValueError(f"this session allows {self.slack} outstanding drafts (Session(backend, slack=...)); "
@@ -192,6 +217,7 @@ class Session:
 
     def discard_drafts(self, keep_encoded: int = 0) -> None:
         """Forget the drafts (keeping the encoder cache entries of the first `keep_encoded`)."""
+        self.flush()
         self.caches["encoder"].truncate(self.length + keep_encoded)
         self.caches["decoder"].truncate(self.length)
         self.draft_ids.clear()
@@ -272,12 +298,46 @@ class Session:
         latent slots). Returns logits [B, V]."""
         bsz = states.shape[0]
         start = self.length if start is None else start
+        if self._pending is not None:
+            fused = self._fused_block_logits(states, memory, bidirectional, start)
+            if fused is not None:
+                return fused
+            self.flush()
         past_k, _ = self.caches["decoder"].visible(start)
         feeds = {"states": states[None].astype(np.float32),
                  "positions": np.arange(start, start + bsz, dtype=np.int64)[None],
                  "memory": memory[None].astype(np.float32),
                  "attn_bias": block_bias(past_k.shape[3], bsz, self.config.decoder.window, bidirectional)}
         return self._run("decoder", "decoder_block", feeds, keep=False, before=start)["logits"][0]
+
+    def _fused_block_logits(self, states, memory, bidirectional: bool, start: int) -> np.ndarray | None:
+        """The pending decoder rows and the block in one `decoder_block` call of the smallest row count the
+        backend fuses into that holds both (padding rows see only themselves), or None if there is none. The
+        pending rows are causal and their K/V enter the cache; the block rows see the prefix before `start`
+        and each other, never a pending row at or after `start`."""
+        n0, p_states, p_memory = self._pending
+        t, bsz = p_states.shape[0], states.shape[0]
+        sizes = self.backend.fused_block_rows
+        size = t + bsz if sizes is None else min((b for b in sizes if b >= t + bsz), default=None)
+        if size is None:
+            return None
+        pad = size - t - bsz
+        cache = self.caches["decoder"]
+        past_k, past_v = cache.visible(n0, extra=max(n0 - start, 0))
+        bias, rows = fused_bias(past_k.shape[3], n0, t, start, bsz, pad, self.config.decoder.window, bidirectional)
+        zeros = np.zeros((pad, *states.shape[1:]), dtype=np.float32)
+        feeds = {"states": np.concatenate([p_states, states, zeros])[None].astype(np.float32),
+                 "positions": np.where(rows < 0, n0, rows).astype(np.int64)[None],
+                 "memory": np.concatenate([p_memory, memory, np.zeros((pad, *memory.shape[1:]),
+                                                                      dtype=np.float32)])[None].astype(np.float32),
+                 "attn_bias": bias,
+                 "past_key": past_k, "past_value": past_v}
+        self._pending = None
+        out = self._run("decoder", "decoder_block", feeds, keep=False)
+        cache.append(out["block_key"][:, :, :, :t], out["block_value"][:, :, :, :t])
+        self.row_logits = _put_rows(self.row_logits, n0 - self.logits_start, out["logits"][0, :t])
+        self._trim()
+        return out["logits"][0, t:t + bsz]
 
     # ---- internals -------------------------------------------------------------------------------------------
     def _hashes(self, ids: np.ndarray, drafts: bool = False) -> np.ndarray:
@@ -296,7 +356,8 @@ class Session:
         if graph in self._in_place:  # the backend updates the cache itself (ORT fused layout)
             out = self.backend.run_in_place(graph, feeds, cache, keep)
         else:
-            feeds["past_key"], feeds["past_value"] = cache.visible(before)
+            if "past_key" not in feeds:
+                feeds["past_key"], feeds["past_value"] = cache.visible(before)
             out = self.backend.run(graph, feeds)
             if keep:
                 cache.append(out["new_key"], out["new_value"])
@@ -318,9 +379,10 @@ class Session:
         return {"patch_states": patch_states, "patch_mask": mask,
                 "patch_positions": np.arange(first, first + len(spans), dtype=np.int64)[None]}
 
-    def _trim(self) -> None:
+    def _trim(self, logits: bool = True) -> None:
         """Keep what a rollback of up to `slack` bytes needs: encoder states from the start of the patch that
-        holds position length-slack (it may become the open patch again) and the last `slack` logits rows."""
+        holds position length-slack (it may become the open patch again) and the last `slack` logits rows
+        (not while decoder rows are pending: their logits are not written yet)."""
         cut = max(self.length - self.slack, 0)
         keep_from = self.patch_starts[bisect.bisect_right(self.patch_starts, cut) - 1]
         drop = keep_from - self.states_start
@@ -328,22 +390,9 @@ class Session:
             self.states = self.states[drop:].copy()
             self.states_start += drop
         drop = self.length - max(self.slack, 1) - self.logits_start  # the last row: the next byte's logits
-        if drop > TRIM_EVERY:
+        if logits and drop > TRIM_EVERY:
             self.row_logits = self.row_logits[drop:].copy()
             self.logits_start += drop
-
-
-@functools.lru_cache(maxsize=64)
-def block_bias(t: int, bsz: int, window: int | None, bidirectional: bool) -> np.ndarray:
-    """decoder_block's additive bias [1, B, t + B] over t visible prefix rows and the block: it depends only on
-    these (row i sits t - j + i after prefix key j), so diffusion steps share one read-only array."""
-    rows = np.arange(t, t + bsz)[:, None]
-    keys = np.arange(t + bsz)[None]
-    ok = np.ones((bsz, t + bsz), dtype=bool) if window is None else rows - keys < window
-    ok[:, t:] = True if bidirectional else np.tri(bsz, dtype=bool)
-    bias = np.where(ok, 0.0, NEG).astype(np.float32)[None]
-    bias.flags.writeable = False
-    return bias
 
 
 def _put_rows(buf: np.ndarray, at: int, rows: np.ndarray) -> np.ndarray:

@@ -31,6 +31,9 @@ class Backend(Protocol):
     config: BltConfig
     specs: dict[str, GraphSpec]
     in_place_graphs: frozenset[str]  # graphs run with run_in_place on the session's cache (empty: none)
+    # decoder_block row counts a BLT-D commit's decoder rows may be fused into with its next block (padded
+    # up to one of them); None: any count (dynamic shapes); empty: never fused
+    fused_block_rows: frozenset[int] | None
 
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
@@ -50,6 +53,7 @@ class BackendBase:
 
     name = "backend"
     in_place_graphs: frozenset[str] = frozenset()
+    fused_block_rows: frozenset[int] | None = None
 
     def run_in_place(self, graph: str, feeds: dict[str, np.ndarray], cache: KVCache,
                      keep: bool = True) -> dict[str, np.ndarray]:

@@ -170,6 +170,8 @@ class TensorRTBackend(BackendBase):
         self.config = self.manifest.config
         self.specs = graph_specs(self.config)
         self.check = check
+        # one static-shape engine per block size; the ORT measurement's limit, not measured on a GPU
+        self.fused_block_rows = frozenset(b for b in self.manifest.block_sizes if b <= 8)
         info = require_device()
         records = list(self.manifest.engines)
         self.precision = _pick_precision(self.manifest.root, records, precision)

@@ -110,7 +110,8 @@ def run(session: Session, sampler: Sampler, budget: int, counters: Counters, blo
             ids = ids[: ids.index(EOS) + 1]
             yield {"type": "commit", "ids": ids}
             return
-        session.commit(ids, open_latent=block_start == "forced")  # the next block's latent in the same call
+        # the next block's latent in the same global call; the new rows' decoder pass in its first step
+        session.commit(ids, open_latent=block_start == "forced", defer_decoder=True)
         counters.n_dec["commit"] += 1
         produced += len(ids)
         yield {"type": "commit", "ids": ids}

@@ -94,3 +94,33 @@ def test_session_slack_bounds_drafts_and_rollback_with_clear_errors():
     with pytest.raises(ValueError, match="cannot roll back 40 bytes: this session keeps 3"):
         session.rollback(session.length - 40)
     _same_as_prefill(session, backend)  # the failed rollback changed nothing
+
+
+@pytest.mark.parametrize("start", ["patch", "forced"])
+@pytest.mark.parametrize("rows", [None, frozenset({4, 8, 16}), frozenset({8})])
+def test_deferred_decoder_rows_run_in_the_next_blocks_call_exactly(start, rows):
+    """BLT-D's commit leaves its decoder rows to the next block's first decoder_block call (padded to a size
+    the backend runs, or run on their own when none is large enough): the block's logits, the row logits and
+    every cache equal the unfused path, with a window short enough that its edge falls inside the block."""
+    model = peaky_bltd(4, window=20)
+    fused, plain = TorchBackend(model), TorchBackend(model)
+    fused.fused_block_rows = rows
+    a, b = Session(fused, slack=4), Session(plain, slack=4)
+    prompt = [1] + [c + 4 for c in b"def f(x):\n    return x"]
+    a.commit(prompt)
+    b.commit(prompt)
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        new = [int(c) + 4 for c in rng.integers(32, 127, size=int(rng.integers(1, 7)))]
+        assert a.commit(new, open_latent=start == "forced", defer_decoder=True) is None
+        b.commit(new, open_latent=start == "forced")
+        (sa, la), (sb, lb) = a.block_anchor(8, start), b.block_anchor(8, start)
+        assert sa == sb and np.abs(la - lb).max() <= 1e-5
+        block = np.full(8, 260, dtype=np.int64)
+        block[: a.length - sa] = a.ids[sa:]
+        got = a.block_logits(a.block_states(block, sa), np.repeat(la[None], 8, axis=0), start=sa)
+        want = b.block_logits(b.block_states(block, sb), np.repeat(lb[None], 8, axis=0), start=sb)
+        assert np.abs(got - want).max() <= 1e-4
+        assert np.abs(a.caches["decoder"].visible()[0] - b.caches["decoder"].visible()[0]).max() <= 1e-4
+    assert a.calls.get("decoder_step", 0) == (1 if rows != frozenset({8}) else 7)  # the prompt's, or each commit's
+    _same_as_prefill(a, plain)
