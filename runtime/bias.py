@@ -26,15 +26,17 @@ def block_bias(t: int, bsz: int, window: int | None, bidirectional: bool) -> np.
     return bias
 
 
-def fused_bias(past: int, n0: int, t: int, start: int, bsz: int, pad: int, window: int | None,
+@functools.lru_cache(maxsize=256)
+def fused_bias(past: int, t: int, offset: int, bsz: int, pad: int, window: int | None,
                bidirectional: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Bias [1, R, past + R] and positions [R] of one call over R = t + bsz + pad rows: t rows committed at
-    n0.. (causal over the `past` cached rows before n0 and each other; their K/V enter the cache), a block of
-    bsz rows at `start` (the prefix before `start` only, never a committed row at or after it; the block
-    bidirectional or causal), and padding rows that see only themselves (position -1)."""
+    """Bias [1, R, past + R] and positions [R] (relative to the first committed row) of one call over
+    R = t + bsz + pad rows: t rows being committed (causal over the `past` cached rows before them and each
+    other; their K/V enter the cache), a block of bsz rows starting `offset` after the first committed row
+    (the prefix before it only, never a committed row at or after it; the block bidirectional or causal), and
+    padding rows that see only themselves (position 0). Read-only: one array per layout serves every block."""
     size = t + bsz + pad
-    keys = np.concatenate([np.arange(n0 - past, n0), np.arange(n0, n0 + t), np.arange(start, start + bsz),
-                           np.full(pad, -1)])
+    keys = np.concatenate([np.arange(-past, 0), np.arange(t), np.arange(offset, offset + bsz),
+                           np.full(pad, -(past + (window or 0) + 1))])
     rows = keys[past:]
     idx = np.arange(size)
     clean, block = idx < t, (idx >= t) & (idx < t + bsz)
@@ -43,9 +45,12 @@ def fused_bias(past: int, n0: int, t: int, start: int, bsz: int, pad: int, windo
     key_block = np.concatenate([np.zeros(past, bool), block])
     ok = np.zeros((size, keys.size), dtype=bool)
     ok[clean] = cached[None] | (key_clean[None] & (keys[None] <= rows[clean][:, None]))
-    ok[block] = (cached[None] | key_clean[None]) & (keys[None] < start)
+    ok[block] = (cached[None] | key_clean[None]) & (keys[None] < offset)
     ok[np.ix_(block, key_block)] = np.ones((bsz, bsz), dtype=bool) if bidirectional else np.tri(bsz, dtype=bool)
     if window is not None:
         ok &= rows[:, None] - keys[None] < window
     ok[idx[t + bsz:], past + idx[t + bsz:]] = True
-    return np.where(ok, 0.0, NEG).astype(np.float32)[None], rows
+    bias = np.where(ok, 0.0, NEG).astype(np.float32)[None]
+    positions = np.where(idx < t + bsz, rows, 0)
+    bias.flags.writeable = positions.flags.writeable = False
+    return bias, positions

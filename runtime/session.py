@@ -324,10 +324,10 @@ class Session:
         pad = size - t - bsz
         cache = self.caches["decoder"]
         past_k, past_v = cache.visible(n0, extra=max(n0 - start, 0))
-        bias, rows = fused_bias(past_k.shape[3], n0, t, start, bsz, pad, self.config.decoder.window, bidirectional)
+        bias, rows = fused_bias(past_k.shape[3], t, start - n0, bsz, pad, self.config.decoder.window, bidirectional)
         zeros = np.zeros((pad, *states.shape[1:]), dtype=np.float32)
         feeds = {"states": np.concatenate([p_states, states, zeros])[None].astype(np.float32),
-                 "positions": np.where(rows < 0, n0, rows).astype(np.int64)[None],
+                 "positions": (rows + n0).astype(np.int64)[None],
                  "memory": np.concatenate([p_memory, memory, np.zeros((pad, *memory.shape[1:]),
                                                                       dtype=np.float32)])[None].astype(np.float32),
                  "attn_bias": bias,
