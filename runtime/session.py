@@ -114,7 +114,8 @@ class Session:
             raise ValueError("commit needs at least one id")
         if n0 == 0 and new[0] != host.BOS:
             raise ValueError(f"a sequence must start with BOS={host.BOS}; got id {int(new[0])}")
-        if int(new.min()) < 0 or int(new.max()) >= cfg.vocab_size:
+        lo, hi = (int(new[0]),) * 2 if t == 1 else (int(new.min()), int(new.max()))  # a decode step: no reductions
+        if lo < 0 or hi >= cfg.vocab_size:
             raise ValueError(f"ids must lie in [0, {cfg.vocab_size})")
         drafted = self._take_drafts(new) if self.draft_ids else []  # AR commits skip this entirely
         reuse = len(drafted)
@@ -129,8 +130,8 @@ class Session:
             states = np.stack(drafted)
         self.byte_steps["patcher"] += t
         self.byte_steps["encoder"] += t - reuse
-        self.ids.extend(int(i) for i in new)
-        self.entropies.extend(float(h) for h in ent)
+        self.ids.extend(new.tolist())
+        self.entropies.extend(ent.tolist())
         self.states = _put_rows(self.states, n0 - self.states_start, states)
 
         closing: list[tuple[int, int]] = []
