@@ -25,6 +25,7 @@ class RecordingBackend(BackendBase):
     def __init__(self, inner, limit: int = 64) -> None:
         self.inner, self.limit = inner, limit
         self.name, self.config, self.specs = "recording", inner.config, inner.specs
+        self.fused_block_rows = inner.fused_block_rows  # record the calls the inner backend would get
         self.records: dict[str, list[tuple[dict, dict]]] = defaultdict(list)
 
     def run(self, graph, feeds):

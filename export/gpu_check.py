@@ -229,12 +229,15 @@ class TorchCudaBackend(BackendBase):
         self.config = model.config
         self.specs = graph_specs(self.config)
         self.graphs = {k: g.to(self.device) for k, g in build_graphs(self.model).items()}
+        # the calls a bundle's static decoder_block graphs get (as ORT and TensorRT), so the check compares them
+        self.fused_block_rows = frozenset(b for b in self.config.block_sizes if b <= 8)
 
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from fastblt.runtime.backends import resolve
 
         spec = resolve(self.specs, graph, feeds, True)
-        args = [self.torch.from_numpy(np.ascontiguousarray(feeds[n])).to(self.device) for n in spec.input_names]
+        # np.array copies: a feed may be a shared read-only array (cached attention biases)
+        args = [self.torch.from_numpy(np.array(feeds[n])).to(self.device) for n in spec.input_names]
         with self.torch.inference_mode():
             outs = self.graphs[graph](*args)
         return {n: o.detach().cpu().numpy() for n, o in zip(spec.output_names, outs, strict=True)}

@@ -318,7 +318,7 @@ class Session:
         and each other, never a pending row at or after `start`."""
         n0, p_states, p_memory = self._pending
         t, bsz = p_states.shape[0], states.shape[0]
-        sizes = self.backend.fused_block_rows
+        sizes = getattr(self.backend, "fused_block_rows", frozenset())  # undeclared: never fused
         size = t + bsz if sizes is None else min((b for b in sizes if b >= t + bsz), default=None)
         if size is None:
             return None
