@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from fastblt.graphs.constants import split_graph_key
-from fastblt.runtime.backends import BackendBase
+from fastblt.runtime.backends import BackendBase, static_fused_rows
 from fastblt.runtime.trt_device import probe, versions
 
 MODES = ("ar", "bltd", "blts", "bltdv")
@@ -230,7 +230,7 @@ class TorchCudaBackend(BackendBase):
         self.specs = graph_specs(self.config)
         self.graphs = {k: g.to(self.device) for k, g in build_graphs(self.model).items()}
         # the calls a bundle's static decoder_block graphs get (as ORT and TensorRT), so the check compares them
-        self.fused_block_rows = frozenset(b for b in self.config.block_sizes if b <= 8)
+        self.fused_block_rows = static_fused_rows(self.config.block_sizes)
 
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from fastblt.runtime.backends import resolve

@@ -158,23 +158,22 @@ class Session:
             self._pending = (n0, states, self.memory[rows])
             self._trim(logits=False)
             return None
-        feeds = {"states": states[None], "positions": pos, "memory": self.memory[rows][None]}
+        return self._decoder_rows(n0, states, self.memory[rows])
+
+    def flush(self) -> None:
+        """Run the decoder rows a `commit(defer_decoder=True)` left pending, on their own (no-op if none)."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self._decoder_rows(*pending)
+
+    def _decoder_rows(self, n0: int, states: np.ndarray, memory: np.ndarray) -> np.ndarray:
+        """decoder_step over committed rows from n0 on (K/V into the cache); keeps and returns their logits."""
+        pos = np.arange(n0, n0 + states.shape[0], dtype=np.int64)[None]
+        feeds = {"states": states[None], "positions": pos, "memory": memory[None]}
         logits = self._run("decoder", "decoder_step", feeds)["logits"][0]
         self.row_logits = _put_rows(self.row_logits, n0 - self.logits_start, logits)
         self._trim()
         return logits
-
-    def flush(self) -> None:
-        """Run the decoder rows a `commit(defer_decoder=True)` left pending, on their own (no-op if none)."""
-        if self._pending is None:
-            return
-        n0, states, memory = self._pending
-        self._pending = None
-        pos = np.arange(n0, n0 + states.shape[0], dtype=np.int64)[None]
-        logits = self._run("decoder", "decoder_step", {"states": states[None], "positions": pos,
-                                                       "memory": memory[None]})["logits"][0]
-        self.row_logits = _put_rows(self.row_logits, n0 - self.logits_start, logits)
-        self._trim()
 
     def rollback(self, length: int) -> None:
         """Forget everything from position `length` on; every cache then equals a prefill of ids[:length]."""

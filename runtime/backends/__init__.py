@@ -69,6 +69,15 @@ class BackendBase:
         self.close()
 
 
+FUSE_MAX_ROWS = 8  # on a CPU a padded 16-row decoder_block cost more than an 8-row one plus a decoder_step
+
+
+def static_fused_rows(block_sizes) -> frozenset[int]:
+    """`fused_block_rows` of a backend with one static decoder_block graph or engine per block size
+    (docs/architecture.md, "BLT-D's commit rows"; the limit is ONNX Runtime's on a CPU)."""
+    return frozenset(b for b in block_sizes if b <= FUSE_MAX_ROWS)
+
+
 def check_feeds(spec: GraphSpec, feeds: dict[str, np.ndarray]) -> None:
     names = spec.input_names
     if len(feeds) != len(names) or any(n not in feeds for n in names):

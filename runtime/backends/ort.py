@@ -20,7 +20,7 @@ import numpy as np
 
 from fastblt.graphs.constants import feed_key, fused_key, graph_key
 from fastblt.graphs.spec import FUSED_GRAPHS, fused_graph_specs, graph_specs
-from fastblt.runtime.backends import BackendBase, resolve
+from fastblt.runtime.backends import BackendBase, resolve, static_fused_rows
 from fastblt.runtime.manifest import BundleError, Manifest
 
 try:
@@ -29,7 +29,6 @@ except ImportError:  # pragma: no cover - exercised only without onnxruntime
     raise ImportError("the ort backend needs onnxruntime: pip install 'fastblt[cpu]' (or 'fastblt[gpu]')") from None
 
 LAYOUTS = ("auto", "fused", "standard")
-FUSE_MAX_ROWS = 8
 PROVIDERS = {"cpu": ["CPUExecutionProvider"],
              "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
              "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
@@ -52,9 +51,7 @@ class OrtBackend(BackendBase):
         self.config = self.manifest.config
         self.specs = graph_specs(self.config)
         self.precision, self.check = precision, check
-        # static decoder_block graphs; on a CPU a padded 16-row call costs more than the 8-row block call plus
-        # the commit's own decoder_step, an 8-row one less (docs/architecture.md, fast modes)
-        self.fused_block_rows = frozenset(b for b in self.manifest.block_sizes if b <= FUSE_MAX_ROWS)
+        self.fused_block_rows = static_fused_rows(self.manifest.block_sizes)
         self.sessions: dict[str, ort.InferenceSession] = {}
         keys = [graph_key(g) for g in ("patcher", "encoder", "global", "decoder_step")]
         keys += [graph_key("decoder_block", b) for b in self.manifest.block_sizes]

@@ -15,7 +15,7 @@ import numpy as np
 
 from fastblt.graphs.constants import feed_key, split_graph_key
 from fastblt.graphs.spec import GraphSpec, graph_specs
-from fastblt.runtime.backends import BackendBase, FeedError, resolve
+from fastblt.runtime.backends import BackendBase, FeedError, resolve, static_fused_rows
 from fastblt.runtime.manifest import BundleError, EngineEntry, Manifest
 from fastblt.runtime.trt_device import (
     REBUILD,
@@ -170,8 +170,7 @@ class TensorRTBackend(BackendBase):
         self.config = self.manifest.config
         self.specs = graph_specs(self.config)
         self.check = check
-        # one static-shape engine per block size; the ORT measurement's limit, not measured on a GPU
-        self.fused_block_rows = frozenset(b for b in self.manifest.block_sizes if b <= 8)
+        self.fused_block_rows = static_fused_rows(self.manifest.block_sizes)  # not measured on a GPU
         info = require_device()
         records = list(self.manifest.engines)
         self.precision = _pick_precision(self.manifest.root, records, precision)
