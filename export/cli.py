@@ -61,7 +61,9 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--out", type=click.Path(), help="Final model directory (default RUN_DIR/model).")
 @click.option("--preset", type=click.Choice(PRESETS), default="default", show_default=True)
 @click.option("--config", "config_path", type=click.Path(), help="A fastblt config.json instead of a preset.")
-@click.option("--corpus", "corpora", multiple=True, help="'stdlib' (default) or a directory / .jsonl (repeatable).")
+@click.option("--corpus", "corpora", multiple=True,
+              help="'stdlib' (default) or a directory / .jsonl (repeatable; a corpus named n times is sampled "
+                   "n times as often).")
 @click.option("--patcher-steps", type=int, default=1500, show_default=True)
 @click.option("--steps", type=int, default=20000, show_default=True)
 @click.option("--batch-size", type=int, default=4, show_default=True)

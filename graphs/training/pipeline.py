@@ -123,7 +123,7 @@ def model_card(cfg: BltConfig, record: dict) -> str:
         "| | |",
         "|---|---|",
         f"| data | Python standard library sources of CPython {sysconfig.get_python_version()}, test folders "
-        f"excluded; held out: files with CRC32(path) % 20 == 0 |",
+        f"excluded{_more_data(stages)}; held out: files with CRC32(path) % 20 == 0 |",
         f"| components (params) | patcher {counts['patcher']:,}, encoder {counts['encoder']:,}, hash tables "
         f"{counts['hash_embeddings']:,}, global {counts['global']:,}, decoder {counts['decoder']:,} |",
         f"| global : decoder | {counts['global'] / counts['decoder']:.1f} : 1 |",
@@ -151,9 +151,20 @@ def _stage_kind(st: dict) -> str:
     return st["init"] + (", decoder only" if st.get("objective") == "decoder" else "")
 
 
+def _more_data(stages: list[dict]) -> str:
+    first = next((i for i, st in enumerate(stages, 1) if st.get("corpora", ["stdlib"]) != ["stdlib"]), None)
+    return "" if first is None else f", from stage {first} on also the corpora its row names"
+
+
+def _corpora_text(corpora: list[str]) -> str:
+    """'stdlib ×3, mixed': a corpus named n times is sampled n times as often."""
+    names = [Path(c).name for c in corpora]
+    return ", ".join(n + (f" ×{names.count(n)}" if names.count(n) > 1 else "") for n in dict.fromkeys(names))
+
+
 def _stage_text(st: dict) -> str:
     corpora = st.get("corpora", ["stdlib"])
-    data = "" if corpora == ["stdlib"] else f"corpora {', '.join(Path(c).name for c in corpora)}; "
+    data = "" if corpora == ["stdlib"] else f"corpora {_corpora_text(corpora)}; "
     distill = (f", {st['distill']:g} of sequences with the model's greedy continuation as block targets"
                if st.get("distill") else "")
     return (f"{st['steps']} steps × {st['processes']} process(es) × {st['batch_size']} × {st['seq_len']} bytes, "

@@ -155,3 +155,16 @@ def test_bad_inputs(tmp_path, corpus):
     (tmp_path / "ckpt-bltd" / "optimizer.safetensors").write_bytes(b"garbage")
     with pytest.raises(ResumeError, match="corrupt or incomplete resume checkpoint"):
         Trainer(BltModel(_cfg()), _tc(corpus, steps=2), tmp_path).resume()
+
+
+def test_model_card_names_weighted_corpora_and_where_they_start():
+    from fastblt.graphs.training.pipeline import model_card
+
+    stage = dict(objective="bltd", init="continued", steps=10, processes=2, batch_size=4, seq_len=512, lr=1e-3,
+                 block_sizes=[4, 8], block_probs=[0.5, 0.5], bytes_seen=1000, seconds=36.0, history=[])
+    record = {"patching": {"patch_threshold": 2.0, "max_patch_length": 8, "mean_patch_size": 4.0,
+                           "target_patch_size": 4.0},
+              "stages": [dict(stage, init="scratch"), dict(stage, corpora=["stdlib", "stdlib", "/data/mixed"])]}
+    card = model_card(_cfg(), record)
+    assert "corpora stdlib ×2, mixed;" in card and "from stage 2 on also the corpora its row names" in card
+    assert card.count("corpora stdlib") == 1  # stage 1 (stdlib only) names no corpora
