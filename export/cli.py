@@ -83,13 +83,15 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
               help="Autocast dtype; auto = bf16 where the CPU has native bf16 (AVX512-BF16/AMX), else fp32.")
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu, or cuda[:N] (one GPU; with --precision auto it trains under bf16 autocast).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--init-from", type=click.Path(), default=None,
               help="Continue training this BLT (e.g. the bundled default model): all its weights, patcher and θ "
                    "are kept, the patcher stage is skipped; --preset/--config/--max-patch-length are ignored.")
 def train(run_dir, out, preset, config_path, corpora, patcher_steps, steps, batch_size, seq_len, lr, block_sizes,
           block_probs, mask_weight, distill, target_patch_size, max_patch_length, eval_every, ckpt_every, threads,
-          seed, precision, quiet, init_from):
+          seed, precision, quiet, init_from, device):
     """Train a BLT-D from scratch (entropy patcher, θ search, then next-byte + block-diffusion training), or
     continue one with --init-from. Runs under `torchrun --nproc_per_node=N` (gloo) for data parallelism."""
     import dataclasses
@@ -112,7 +114,8 @@ def train(run_dir, out, preset, config_path, corpora, patcher_steps, steps, batc
                                       pad_id=PAD_ID)
         cfg = dataclasses.replace(cfg, max_patch_length=max_patch_length, block_sizes=_ints(block_sizes)).validate()
         common = dict(seq_len=seq_len, batch_size=batch_size, corpora=tuple(corpora) or ("stdlib",),
-                      eval_every=eval_every, ckpt_every=ckpt_every, seed=seed, **_precision(precision))
+                      eval_every=eval_every, ckpt_every=ckpt_every, seed=seed, device=device,
+                      **_precision(precision, device))
         patcher_tc = TrainConfig(objective="patcher", steps=patcher_steps, lr=3e-3,
                                  warmup=min(100, patcher_steps // 10 + 1), **common).validate(cfg)
         warmup = min(100 if init_from else 300, steps // 10 + 1)  # a continuation needs only a short warmup
@@ -146,9 +149,11 @@ def train(run_dir, out, preset, config_path, corpora, patcher_steps, steps, batc
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
               help="Autocast dtype; auto = bf16 where the CPU has native bf16 (AVX512-BF16/AMX), else fp32.")
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu, or cuda[:N] (one GPU; with --precision auto it trains under bf16 autocast).")
 @click.option("--quiet", is_flag=True)
 def train_decoder(checkpoint, run_dir, out, corpora, steps, batch_size, seq_len, lr, block_sizes, block_probs,
-                  mask_weight, distill, eval_every, ckpt_every, seed, precision, quiet):
+                  mask_weight, distill, eval_every, ckpt_every, seed, precision, quiet, device):
     """Adapt an existing BLT (native or HF) to BLT-D: patcher, encoder and global stay frozen."""
     try:
         from fastblt.graphs.training.pipeline import adapt_decoder
@@ -158,16 +163,19 @@ def train_decoder(checkpoint, run_dir, out, corpora, steps, batch_size, seq_len,
         tc = TrainConfig(objective="decoder", steps=steps, lr=lr, warmup=min(200, steps // 10 + 1), seq_len=seq_len,
                          batch_size=batch_size, block_sizes=sizes, block_probs=_floats(block_probs),
                          mask_weight=mask_weight, distill=distill, corpora=tuple(corpora) or ("stdlib",),
-                         eval_every=eval_every, ckpt_every=ckpt_every, seed=seed, **_precision(precision))
+                         eval_every=eval_every, ckpt_every=ckpt_every, seed=seed, device=device,
+                         **_precision(precision, device))
         path = adapt_decoder(checkpoint, run_dir, tc, out, progress=not quiet)
     except (ValueError, OSError) as exc:
         _fail(exc)
     click.echo(f"wrote {path}")
 
 
-def _precision(choice: str) -> dict:
-    """TrainConfig keyword for --precision (auto leaves the config's CPU-dependent default)."""
-    return {} if choice == "auto" else {"bf16": choice == "bf16"}
+def _precision(choice: str, device: str = "cpu") -> dict:
+    """TrainConfig keyword for --precision (auto: bf16 on a GPU, else the config's CPU-dependent default)."""
+    if choice == "auto":
+        return {} if device == "cpu" else {"bf16": True}
+    return {"bf16": choice == "bf16"}
 
 
 def _say(message: str) -> None:

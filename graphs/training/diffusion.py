@@ -50,9 +50,15 @@ def make_blocks(starts: torch.Tensor, ids_full: torch.Tensor, block_size: int, p
     return Blocks(start, patch, valid, target, block_size)
 
 
+def uniform(shape, gen: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """U(0, 1) draws from `gen` on its own device, then moved: a CPU generator gives the same noise to a
+    model on a GPU as on the CPU."""
+    return torch.rand(shape, generator=gen, device=gen.device if gen is not None else device).to(device)
+
+
 def noise(blocks: Blocks, t: torch.Tensor, mask_id: int, pad_id: int, gen: torch.Generator | None = None):
     """Mask each real (non-PAD) block byte with probability t (per sequence). Returns (noisy ids, masked)."""
-    u = torch.rand(blocks.target.shape, generator=gen, device=blocks.target.device)
+    u = uniform(blocks.target.shape, gen, blocks.target.device)
     masked = (u < t[:, None, None]) & (blocks.target != pad_id)
     return torch.where(masked, mask_id, blocks.target), masked
 
@@ -72,9 +78,9 @@ def block_bias(blocks: Blocks, n: int, window: int | None) -> torch.Tensor:
     return torch.where(ok, 0.0, NEG)[:, None]
 
 
-def inner_bias(size: int, bidirectional: bool) -> torch.Tensor:
+def inner_bias(size: int, bidirectional: bool, device: torch.device | str = "cpu") -> torch.Tensor:
     """[B, B] bias within one block: all visible (decoder, diffusion) or causal (encoder)."""
-    ok = torch.ones(size, size, dtype=torch.bool)
+    ok = torch.ones(size, size, dtype=torch.bool, device=device)
     if not bidirectional:
         ok = torch.tril(ok)
     return torch.where(ok, 0.0, NEG)
@@ -104,12 +110,12 @@ def block_logits(model, ids_full, details, blocks: Blocks, noisy: torch.Tensor,
     enc = model.local_encoder
     x = enc.embed_tokens(noisy.view(b, -1)) + model.encoder_hash_tok_embedding(
         block_hash_ids(model, ids_full, blocks, noisy)).sum(dim=-2)
-    states, _, _ = enc.run(x, positions, enc_bias, *details["encoder_kv"], inner=inner_bias(bsz, False))
+    states, _, _ = enc.run(x, positions, enc_bias, *details["encoder_kv"], inner=inner_bias(bsz, False, noisy.device))
     memory = details["memory"][torch.arange(b, device=noisy.device)[:, None], (blocks.patch - 1).clamp(min=0)]
     memory = memory.repeat_interleave(bsz, dim=1)
     dec_bias = block_bias(blocks, n, cfg.decoder.window)
     logits, _, _ = model.decoder_step(states, positions, memory, dec_bias, *details["decoder_kv"],
-                                      inner=inner_bias(bsz, bidirectional))
+                                      inner=inner_bias(bsz, bidirectional, noisy.device))
     return logits.view(b, nb, bsz, -1)
 
 
@@ -165,14 +171,14 @@ def bltd_loss(model, ids_full: torch.Tensor, block_size: int, entropies: torch.T
     blocks = make_blocks(details["starts"], ids_full, block_size, cfg.pad_id)
     b = ids.shape[0]
     if distill > 0:
-        chosen = torch.rand(b, generator=gen, device=ids.device) < distill
+        chosen = uniform(b, gen, ids.device) < distill
         if chosen.any():  # roll out only the chosen sequences: the rollout costs B - 1 decoder passes
             rows = chosen.nonzero()[:, 0]
             target = blocks.target.clone()
             target[rows] = greedy_targets(model, ids_full[rows], _rows(details, rows), _rows(blocks, rows))
             blocks.target = target
     if t is None:
-        t = torch.rand(b, generator=gen, device=ids.device).clamp(min=1e-3)
+        t = uniform(b, gen, ids.device).clamp(min=1e-3)
     noisy, masked = noise(blocks, t, cfg.mask_id, cfg.pad_id, gen)
     blk = block_logits(model, ids_full, details, blocks, noisy)
     ce_b = F.cross_entropy(blk.float().permute(0, 3, 1, 2), blocks.target, reduction="none")

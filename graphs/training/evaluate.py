@@ -21,17 +21,18 @@ def evaluate(model, corpora=("stdlib",), seq_len: int = 512, max_windows: int = 
     cfg = model.config
     rows = heldout_windows(list(corpora), seq_len, max_windows, per_doc=per_doc)
     pad = cfg.pad_id if cfg.pad_id is not None else 0
+    device = next(model.parameters()).device
     ce_sum, n_tok = 0.0, 0
     acc = {b: [0.0, 0] for b in cfg.block_sizes}
     gen = torch.Generator().manual_seed(1234)
     for i in range(0, len(rows), batch):
         chunk = rows[i:i + batch]
         width = max(len(r) for r in chunk)
-        ids_full = torch.tensor([r + [pad] * (width - len(r)) for r in chunk])
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        ids_full = torch.tensor([r + [pad] * (width - len(r)) for r in chunk], device=device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             if cfg.diffusion_trained:
                 for b in cfg.block_sizes:
-                    out = bltd_loss(model, ids_full, b, gen=gen, t=torch.ones(ids_full.shape[0]))
+                    out = bltd_loss(model, ids_full, b, gen=gen, t=torch.ones(ids_full.shape[0], device=device))
                     acc[b][0] += float(out["masked_acc"]) * int(out["n_masked"])
                     acc[b][1] += int(out["n_masked"])
                 clean, tokens = float(out["clean_loss"]), int(out["clean_tokens"])

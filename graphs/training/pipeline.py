@@ -94,7 +94,7 @@ def training_record(calib: dict, patcher_tc: TrainConfig | None, tc: TrainConfig
              "processes": trainer.world, "batch_size": tc.batch_size, "seq_len": tc.seq_len, "lr": tc.lr,
              "warmup": tc.warmup, "block_sizes": list(tc.block_sizes), "block_probs": list(tc.block_probs),
              "mask_weight": tc.mask_weight, "distill": tc.distill, "precision": "bf16" if tc.bf16 else "fp32",
-             "corpora": list(tc.corpora), "bytes_seen": trainer.bytes_seen,
+             "corpora": list(tc.corpora), "device": _device_name(tc.device), "bytes_seen": trainer.bytes_seen,
              "seconds": round(trainer.seconds, 1),
              "history": trainer.history}
     patching = dict(calib)
@@ -151,6 +151,10 @@ def _stage_kind(st: dict) -> str:
     return st["init"] + (", decoder only" if st.get("objective") == "decoder" else "")
 
 
+def _device_name(device: str) -> str:
+    return "cpu" if device == "cpu" else f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+
+
 def _more_data(stages: list[dict]) -> str:
     first = next((i for i, st in enumerate(stages, 1) if st.get("corpora", ["stdlib"]) != ["stdlib"]), None)
     return "" if first is None else f", from stage {first} on also the corpora its row names"
@@ -165,12 +169,13 @@ def _corpora_text(corpora: list[str]) -> str:
 def _stage_text(st: dict) -> str:
     corpora = st.get("corpora", ["stdlib"])
     data = "" if corpora == ["stdlib"] else f"corpora {_corpora_text(corpora)}; "
+    on = f" on {st['device']}" if st.get("device", "cpu") != "cpu" else ""
     distill = (f", {st['distill']:g} of sequences with the model's greedy continuation as block targets"
                if st.get("distill") else "")
     return (f"{st['steps']} steps × {st['processes']} process(es) × {st['batch_size']} × {st['seq_len']} bytes, "
             f"{data}block sizes {st['block_sizes']} (p = {st['block_probs']}), "
             f"loss L_clean + {st.get('mask_weight', 1.0):g}·L_mask{distill}, lr {st['lr']} cosine, "
-            f"{st.get('precision', 'bf16')}; {st['bytes_seen']:,} bytes, {st['seconds'] / 3600:.2f} h")
+            f"{st.get('precision', 'bf16')}{on}; {st['bytes_seen']:,} bytes, {st['seconds'] / 3600:.2f} h")
 
 
 def _lineage(path: Path) -> dict:

@@ -1,5 +1,5 @@
-"""Training loop: AdamW + cosine, bf16 autocast on CPU, clipping, resumable safetensors checkpoints,
-torchrun/gloo data parallelism (DDP), a progress bar, periodic held-out evaluation.
+"""Training loop: AdamW + cosine, bf16 autocast, clipping, resumable safetensors checkpoints,
+torchrun/gloo data parallelism (DDP) on CPU or one CUDA device, a progress bar, periodic held-out evaluation.
 
 Three objectives share the loop: "patcher" (the entropy model's next-byte loss), "bltd" (next-byte +
 block diffusion, everything but the patcher) and "decoder" (the same loss, only the decoder trains: adapting
@@ -46,6 +46,21 @@ def native_bf16() -> bool:
         return False
 
 
+def check_device(device: str) -> None:
+    """A clear error for a device this torch cannot use (a CPU-only wheel, no GPU, a bad name)."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise TrainError(f"device {device!r} is not a torch device name; use 'cpu' or 'cuda[:N]'") from None
+    if dev.type != "cuda":
+        raise TrainError(f"device {device!r}: training runs on 'cpu' or 'cuda[:N]'")
+    if not torch.cuda.is_available():
+        raise TrainError(f"device {device!r}: this torch ({torch.__version__}) sees no CUDA GPU; train with "
+                         "--device cpu, or install a CUDA build of torch on a machine with an NVIDIA GPU")
+    if (dev.index or 0) >= torch.cuda.device_count():
+        raise TrainError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     objective: str = "bltd"
@@ -69,8 +84,11 @@ class TrainConfig:
     seed: int = 0
     bf16: bool = field(default_factory=lambda: native_bf16())
     log_every: int = 10
+    device: str = "cpu"  # or "cuda" / "cuda:N": one GPU per process (random draws stay on the CPU generator)
 
     def validate(self, model_cfg) -> TrainConfig:
+        if self.device != "cpu":
+            check_device(self.device)
         if self.objective not in OBJECTIVES:
             raise TrainError(f"objective={self.objective!r}; valid objectives are {list(OBJECTIVES)}")
         for name in ("steps", "seq_len", "batch_size", "eval_every", "ckpt_every", "log_every"):
@@ -121,7 +139,7 @@ class Objective(nn.Module):
         model, pad = self.model, self.model.config.pad_id
         if self.objective == "patcher":
             ids, targets = ids_full[:, :-1], ids_full[:, 1:]
-            pos = torch.arange(ids.shape[1]).expand_as(ids)
+            pos = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
             p = model.patcher
             x, _, _ = p.run(p.embed_tokens(ids), pos, _causal(p.cfg, pos), *p.empty_cache(ids.shape[0], ids))
             logits = p.lm_head(p.norm(x)).float()
@@ -131,7 +149,7 @@ class Objective(nn.Module):
             return {"loss": loss, "clean_loss": loss.detach(), "clean_tokens": ok.sum()}
         with torch.no_grad():
             ids = ids_full[:, :-1]
-            pos = torch.arange(ids.shape[1]).expand_as(ids)
+            pos = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
             entropies, _, _ = model.patcher_step(ids, pos, *model.patcher.empty_cache(ids.shape[0], ids))
         return bltd_loss(model, ids_full, block_size, entropies=entropies.float(), gen=gen,
                          mask_weight=self.mask_weight, distill=self.distill)
@@ -154,6 +172,7 @@ class Trainer:
 
     def __post_init__(self) -> None:
         self.cfg.validate(self.model.config)
+        self.model.to(self.cfg.device)
         self.run_dir = Path(self.run_dir)
         prefixes = trainable_prefixes(self.cfg.objective)
         for name, p in self.model.named_parameters():
@@ -204,7 +223,7 @@ class Trainer:
         pad = self.model.config.pad_id if self.model.config.pad_id is not None else 0
         stream = Stream(docs, self.cfg.seq_len, self.cfg.seed, self.rank, self.world)
         for rows in batches(stream, self.cfg.batch_size, pad, skip=self.step):
-            yield torch.tensor(rows, dtype=torch.long)
+            yield torch.tensor(rows, dtype=torch.long).to(self.cfg.device, non_blocking=True)
 
     def train(self, progress: bool = True) -> list[dict]:
         cfg = self.cfg
@@ -225,7 +244,7 @@ class Trainer:
             block = cfg.block_sizes[idx]
             for group in self.opt.param_groups:
                 group["lr"] = cfg.lr_at(self.step)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            with torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 out = self.ddp(ids_full, block, gen)
             self.opt.zero_grad(set_to_none=True)
             out["loss"].backward()
@@ -278,7 +297,7 @@ class Trainer:
         rows = heldout_windows(list(self.cfg.corpora), self.cfg.seq_len, self.cfg.eval_windows)
         ce_sum, n_tok = 0.0, 0
         for row in rows:
-            out = self.objective(torch.tensor([row]), 4, None)
+            out = self.objective(torch.tensor([row], device=self.cfg.device), 4, None)
             ce_sum += float(out["clean_loss"]) * int(out["clean_tokens"])
             n_tok += int(out["clean_tokens"])
         return {"heldout_bpb": ce_sum / max(n_tok, 1) / LN2}

@@ -168,3 +168,13 @@ def test_model_card_names_weighted_corpora_and_where_they_start():
     card = model_card(_cfg(), record)
     assert "corpora stdlib ×2, mixed;" in card and "from stage 2 on also the corpora its row names" in card
     assert card.count("corpora stdlib") == 1  # stage 1 (stdlib only) names no corpora
+
+
+def test_device_errors_name_the_fix():
+    with pytest.raises(TrainError, match="not a torch device name"):
+        _tc("stdlib", device="gpu0").validate(_cfg())
+    with pytest.raises(TrainError, match="'cpu' or 'cuda"):
+        _tc("stdlib", device="meta").validate(_cfg())
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainError, match="sees no CUDA GPU; train with --device cpu"):
+            _tc("stdlib", device="cuda").validate(_cfg())
