@@ -95,6 +95,7 @@ def training_record(calib: dict, patcher_tc: TrainConfig | None, tc: TrainConfig
              "warmup": tc.warmup, "block_sizes": list(tc.block_sizes), "block_probs": list(tc.block_probs),
              "mask_weight": tc.mask_weight, "distill": tc.distill, "precision": "bf16" if tc.bf16 else "fp32",
              "corpora": list(tc.corpora), "device": _device_name(tc.device), "bytes_seen": trainer.bytes_seen,
+             **({"stdlib": sysconfig.get_python_version()} if "stdlib" in tc.corpora else {}),
              "seconds": round(trainer.seconds, 1),
              "history": trainer.history}
     patching = dict(calib)
@@ -122,7 +123,7 @@ def model_card(cfg: BltConfig, record: dict) -> str:
         "",
         "| | |",
         "|---|---|",
-        f"| data | Python standard library sources of CPython {sysconfig.get_python_version()}, test folders "
+        f"| data | Python standard library sources of CPython {_stdlib_version(stages)}, test folders "
         f"excluded{_more_data(stages)}; held out: files with CRC32(path) % 20 == 0 |",
         f"| components (params) | patcher {counts['patcher']:,}, encoder {counts['encoder']:,}, hash tables "
         f"{counts['hash_embeddings']:,}, global {counts['global']:,}, decoder {counts['decoder']:,} |",
@@ -153,6 +154,11 @@ def _stage_kind(st: dict) -> str:
 
 def _device_name(device: str) -> str:
     return "cpu" if device == "cpu" else f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+
+
+def _stdlib_version(stages: list[dict]) -> str:
+    """The interpreter whose stdlib the stages read (records before this field: the running one's)."""
+    return next((st["stdlib"] for st in stages if "stdlib" in st), sysconfig.get_python_version())
 
 
 def _more_data(stages: list[dict]) -> str:
