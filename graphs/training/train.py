@@ -84,7 +84,7 @@ class TrainConfig:
     seed: int = 0
     bf16: bool = field(default_factory=lambda: native_bf16())
     log_every: int = 10
-    device: str = "cpu"  # or "cuda" / "cuda:N": one GPU per process (random draws stay on the CPU generator)
+    device: str = "cpu"  # or "cuda" / "cuda:N": one GPU, one process (random draws stay on the CPU generator)
 
     def validate(self, model_cfg) -> TrainConfig:
         if self.device != "cpu":
@@ -172,6 +172,9 @@ class Trainer:
 
     def __post_init__(self) -> None:
         self.cfg.validate(self.model.config)
+        if self.world > 1 and self.cfg.device != "cpu":
+            raise TrainError(f"device {self.cfg.device!r} with {self.world} processes: data parallelism runs on the "
+                             "CPU (gloo); train on one GPU with a single process (no torchrun)")
         self.model.to(self.cfg.device)
         self.run_dir = Path(self.run_dir)
         prefixes = trainable_prefixes(self.cfg.objective)
