@@ -174,7 +174,7 @@ def train_decoder(checkpoint, run_dir, out, corpora, steps, batch_size, seq_len,
 def _precision(choice: str, device: str = "cpu") -> dict:
     """TrainConfig keyword for --precision (auto: bf16 on a GPU, else the config's CPU-dependent default)."""
     if choice == "auto":
-        return {} if device == "cpu" else {"bf16": True}
+        return {} if device.startswith("cpu") else {"bf16": True}
     return {"bf16": choice == "bf16"}
 
 

@@ -1,5 +1,6 @@
 """Training loop: AdamW + cosine, bf16 autocast, clipping, resumable safetensors checkpoints,
-torchrun/gloo data parallelism (DDP) on CPU or one CUDA device, a progress bar, periodic held-out evaluation.
+torchrun/gloo data parallelism (DDP) on the CPU or one process on a CUDA GPU, a progress bar, periodic held-out
+evaluation.
 
 Three objectives share the loop: "patcher" (the entropy model's next-byte loss), "bltd" (next-byte +
 block diffusion, everything but the patcher) and "decoder" (the same loss, only the decoder trains: adapting
@@ -52,6 +53,8 @@ def check_device(device: str) -> None:
         dev = torch.device(device)
     except RuntimeError:
         raise TrainError(f"device {device!r} is not a torch device name; use 'cpu' or 'cuda[:N]'") from None
+    if dev.type == "cpu":
+        return
     if dev.type != "cuda":
         raise TrainError(f"device {device!r}: training runs on 'cpu' or 'cuda[:N]'")
     if not torch.cuda.is_available():
@@ -87,8 +90,7 @@ class TrainConfig:
     device: str = "cpu"  # or "cuda" / "cuda:N": one GPU, one process (random draws stay on the CPU generator)
 
     def validate(self, model_cfg) -> TrainConfig:
-        if self.device != "cpu":
-            check_device(self.device)
+        check_device(self.device)
         if self.objective not in OBJECTIVES:
             raise TrainError(f"objective={self.objective!r}; valid objectives are {list(OBJECTIVES)}")
         for name in ("steps", "seq_len", "batch_size", "eval_every", "ckpt_every", "log_every"):
@@ -172,7 +174,7 @@ class Trainer:
 
     def __post_init__(self) -> None:
         self.cfg.validate(self.model.config)
-        if self.world > 1 and self.cfg.device != "cpu":
+        if self.world > 1 and torch.device(self.cfg.device).type != "cpu":
             raise TrainError(f"device {self.cfg.device!r} with {self.world} processes: data parallelism runs on the "
                              "CPU (gloo); train on one GPU with a single process (no torchrun)")
         self.model.to(self.cfg.device)
