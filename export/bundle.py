@@ -27,7 +27,7 @@ from fastblt.export.quantize import (
 )
 from fastblt.graphs.atomic import atomic_dir
 from fastblt.graphs.constants import BOE, BOS, EOS, fused_key, graph_key
-from fastblt.graphs.spec import FUSED_GRAPHS, GRAPH_NAMES, fused_graph_specs, graph_specs
+from fastblt.graphs.spec import FUSED_GRAPHS, FUSED_OPTIONAL, GRAPH_NAMES, fused_graph_specs, graph_specs
 from fastblt.runtime.manifest import sha256_file, write_manifest
 
 FUSED_PRECISIONS = ("fp32", "int8-dynamic")  # the CPU precisions; TensorRT never reads the fused layout
@@ -109,12 +109,14 @@ def _build(model, tmp: Path, precisions, block_sizes, engines, heldout, fused, b
     jobs = [(graph_key(graph, b), graph, modules[graph], specs[graph], b, rec.records.get(graph_key(graph, b), []))
             for graph in GRAPH_NAMES for b in (block_sizes if graph == "decoder_block" else (None,))]
     if fused:
-        from fastblt.export.validate import to_fused_feeds
+        from fastblt.export.validate import draft_step_records, to_fused_feeds
         from fastblt.graphs.incremental.fused import build_fused_graphs
 
         fused_modules, fused_specs = build_fused_graphs(model), fused_graph_specs(cfg)
-        jobs += [(fused_key(graph), graph, fused_modules[graph], fused_specs[graph], None,
-                  [(to_fused_feeds(f), o) for f, o in rec.records.get(graph, [])]) for graph in FUSED_GRAPHS]
+        real = {graph: [(to_fused_feeds(f), o) for f, o in rec.records.get(graph, [])] for graph in FUSED_GRAPHS}
+        real["draft_step"] = draft_step_records(rec.records)
+        jobs += [(fused_key(graph), graph, fused_modules[graph], fused_specs[graph], None, real[graph])
+                 for graph in (*FUSED_GRAPHS, *FUSED_OPTIONAL)]
     entries, validation = _export_and_validate(tmp, cfg, jobs, blog)
     manifest = {"created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                 "model": cfg.to_dict(), "opset": OPSET, "block_sizes": list(block_sizes),

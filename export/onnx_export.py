@@ -49,7 +49,7 @@ def sample_feeds(spec: GraphSpec, cfg, sizes: dict[str, int], seed: int = 0) -> 
             feeds[name] = rng.integers(0, cfg.hash_vocab, shape, dtype=np.int64) + tables
         elif name in ("positions", "patch_positions"):
             feeds[name] = np.broadcast_to(np.arange(past, past + shape[1], dtype=np.int64), shape).copy()
-        elif name == "past_length":  # fused layout: filled cache slots (the cache buffer holds C ≥ T + t)
+        elif name.endswith("past_length"):  # fused layout: filled cache slots (the cache buffer holds C ≥ T + t)
             feeds[name] = np.full(shape, past, dtype=np.int32)
         elif name == "patch_mask":
             lengths = rng.integers(1, shape[2] + 1, shape[:2])

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from fastblt.export.onnx_export import sample_feeds
+from fastblt.graphs.spec import SECOND_CACHE
 
 SAMPLE_SIZES = ({"b": 1, "t": 1, "P": 1, "L": 1, "T": 0, "C": 4}, {"b": 1, "t": 9, "P": 3, "L": 7, "T": 11, "C": 24},
                 {"b": 2, "t": 2, "P": 2, "L": 4, "T": 40, "C": 48})  # C: fused-layout cache capacity
@@ -31,9 +32,8 @@ def compare(session, reference_module, spec, feed_sets, torch_outputs=None) -> d
                 out = reference_module(*[torch.from_numpy(feeds[n]) for n in spec.input_names])
                 ref = [r.numpy() for r, n in zip(out, spec.output_names, strict=True) if n in names]
         if "past_length" in feeds:  # fused layout: cache slots past the written ones are unspecified
-            filled = int(feeds["past_length"][0]) + feeds[spec.input_names[0]].shape[1]
-            got = [g[:, :, :filled] if n.startswith("present_") else g for n, g in zip(names, got, strict=True)]
-            ref = [r[:, :, :filled] if n.startswith("present_") else r for n, r in zip(names, ref, strict=True)]
+            got = [_filled(n, g, feeds, spec) for n, g in zip(names, got, strict=True)]
+            ref = [_filled(n, r, feeds, spec) for n, r in zip(names, ref, strict=True)]
         for name, g, r in zip(names, got, ref, strict=True):
             diff = np.abs(g.astype(np.float64) - r.astype(np.float64))
             if diff.size:
@@ -57,6 +57,25 @@ def to_fused_feeds(feeds: dict[str, np.ndarray], spare: int = 3) -> dict[str, np
             buf = np.zeros((b, h, length + new + spare, d), dtype=np.float32)
             buf[:, :, :length] = src[i]
             out[f"past_{part}_{i}"] = buf
+    return out
+
+
+def draft_step_records(records: dict[str, list[tuple[dict, dict]]]) -> list[tuple[dict, dict]]:
+    """Real-text calls of the fused draft_step: each recorded encoder call joined with the recorded
+    decoder_step call that consumed its output (same positions, states equal to the encoder's), both
+    converted to the fused layout; the reference outputs are the two calls' `states` and `logits`."""
+    out = []
+    decoder = records.get("decoder_step", [])
+    for enc_feeds, enc_out in records.get("encoder", []):
+        match = next(((f, o) for f, o in decoder if np.array_equal(f["positions"], enc_feeds["positions"])
+                      and np.array_equal(f["states"], enc_out["states"])), None)
+        if match is None:
+            continue
+        dec_feeds, dec_out = match
+        feeds = to_fused_feeds(enc_feeds)
+        feeds["memory"] = dec_feeds["memory"]
+        feeds.update({f"{SECOND_CACHE}{k}": v for k, v in to_fused_feeds(dec_feeds).items() if k.startswith("past_")})
+        out.append((feeds, {"states": enc_out["states"], "logits": dec_out["logits"]}))
     return out
 
 
@@ -84,3 +103,13 @@ def validate_graph(path: Path, module, spec, cfg, real: list[tuple[dict, dict]],
         raise ValidationError(f"{path.name}: ONNX Runtime differs from torch beyond {tol:g} × max(1, |reference|): "
                               + "; ".join(failing))
     return report
+
+
+def _filled(name: str, value: np.ndarray, feeds: dict, spec) -> np.ndarray:
+    """A fused-layout output, a present cache cut to its written slots (`{prefix}present_*` holds
+    `{prefix}past_length` + t of them); any other output unchanged."""
+    if "present_" not in name:
+        return value
+    prefix = name[: name.index("present_")]
+    filled = int(feeds[f"{prefix}past_length"][0]) + feeds[spec.input_names[0]].shape[1]
+    return value[:, :, :filled]

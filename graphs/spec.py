@@ -99,31 +99,44 @@ def graph_specs(cfg: BltConfig) -> dict[str, GraphSpec]:
 
 GRAPH_NAMES = ("patcher", "encoder", "global", "decoder_step", "decoder_block")
 FUSED_GRAPHS = ("patcher", "encoder", "global", "decoder_step")  # decoder_block: arbitrary bias, standard only
+# Fused graphs a bundle may lack (the runtime then makes the calls they replace): draft_step is encoder +
+# decoder_step in one call, BLT-S's drafting step.
+FUSED_OPTIONAL = ("draft_step",)
+SECOND_CACHE = "decoder_"  # name prefix of draft_step's decoder cache inputs, outputs and past_length
 
 
 def fused_graph_specs(cfg: BltConfig) -> dict[str, GraphSpec]:
     """The fused layout (graphs/incremental/fused.py): the standard inputs minus the stacked cache, plus
     `past_length` [1] (int32) and one cache buffer per layer [1, h_kv, C, d] in and (updated in place) out.
-    Batch is 1: ORT's GroupQueryAttention takes several new rows over a cache only for a single sequence."""
+    Batch is 1: ORT's GroupQueryAttention takes several new rows over a cache only for a single sequence.
+
+    draft_step chains the encoder and decoder_step at the same positions: the encoder's inputs plus the
+    decoder's `memory`, both outputs (`states` for reuse, `logits`), the encoder cache as above and the
+    decoder's under the prefix `decoder_` (its own `decoder_past_length`: the two caches fill differently)."""
     def one(t: TensorSpec) -> TensorSpec:
         return TensorSpec(t.name, t.dtype, tuple(1 if d == "b" else d for d in t.shape))
 
+    def caches(sub: TransformerConfig, prefix: str = "") -> tuple[list[TensorSpec], list[TensorSpec]]:
+        shape = (1, sub.kv_heads, "C", sub.head_dim)
+        slots = [f"{part}_{i}" for i in range(sub.n_layers) for part in ("key", "value")]
+        return ([TensorSpec(f"{prefix}past_{s}", "float32", shape) for s in slots],
+                [TensorSpec(f"{prefix}present_{s}", "float32", shape) for s in slots])
+
+    length = TensorSpec("past_length", "int32", (1,))
     out = {}
     for name, spec in graph_specs(cfg).items():
         if name not in FUSED_GRAPHS:
             continue
-        sub = getattr(cfg, spec.stack)
-        shape = (1, sub.kv_heads, "C", sub.head_dim)
-        slots = [f"{part}_{i}" for i in range(sub.n_layers) for part in ("key", "value")]
-        caches = [TensorSpec(f"past_{s}", "float32", shape) for s in slots]
-        presents = [TensorSpec(f"present_{s}", "float32", shape) for s in slots]
+        past, present = caches(getattr(cfg, spec.stack))
         plain = tuple(one(i) for i in spec.inputs if not i.name.startswith("past_"))
         outputs = tuple(one(o) for o in spec.outputs if not o.name.startswith("new_"))
-        out[name] = GraphSpec(name, (*plain, TensorSpec("past_length", "int32", (1,)), *caches),
-                              (*outputs, *presents), spec.stack)
+        out[name] = GraphSpec(name, (*plain, length, *past), (*outputs, *present), spec.stack)
+    enc, dec = out["encoder"], out["decoder_step"]
+    dec_past, dec_present = caches(cfg.decoder, SECOND_CACHE)
+    inputs = (*enc.inputs[:3], dec.inputs[2], TensorSpec(f"{SECOND_CACHE}past_length", "int32", (1,)), length)
+    out["draft_step"] = GraphSpec("draft_step", (*inputs, *enc.inputs[4:], *dec_past),
+                                  (enc.outputs[0], dec.outputs[0], *enc.outputs[1:], *dec_present), "encoder")
     return out
-
-
 
 
 def dim_ranges(cfg: BltConfig, block_size: int | None = None) -> dict[str, tuple[int, int, int]]:

@@ -3,9 +3,9 @@
 Paper: N_enc counts encoder+global (E+G) invocations as the paper does (AR: one per patch; BLT-D: one per
 block; BLT-S/BLT-DV: two per iteration), N_dec counts decoder calls (AR: one per byte; BLT-D: diffusion steps;
 BLT-S: k drafts + 1 verify; BLT-DV: s steps + 1 verify). Actual: the graph calls this runtime really made
-(global calls for N_enc, decoder_step + decoder_block calls for N_dec), plus what the paper leaves out:
-entropy-model and encoder byte steps. Bandwidth = 2·(N_dec·P_dec + N_enc·(P_enc+P_glob))/1e9 (16-bit weights;
-hash tables excluded from P_enc: they are lookups), with P counted from the loaded model's config.
+(global calls for N_enc; decoder_step, decoder_block and fused draft_step calls for N_dec), plus what the paper
+leaves out: entropy-model and encoder byte steps. Bandwidth = 2·(N_dec·P_dec + N_enc·(P_enc+P_glob))/1e9
+(16-bit weights; hash tables excluded from P_enc: they are lookups), with P counted from the loaded model's config.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class Counters:
                prefill_seconds: dict | None = None) -> dict:
         params = param_counts(session.config)
         calls = dict(session.calls)
-        actual_dec = calls.get("decoder_step", 0) + calls.get("decoder_block", 0)
+        actual_dec = sum(calls.get(g, 0) for g in ("decoder_step", "decoder_block", "draft_step"))
         actual_enc = calls.get("global", 0)
 
         def bandwidth(n_enc: int, n_dec: int) -> float:

@@ -71,15 +71,20 @@ def _window_index(t: int, width: int) -> np.ndarray:
 
 def _hash_one(window: list[int], sizes: Sequence[int], vocab: int, n_functions: int, fused: bool) -> list[int]:
     """Hash ids of the last position of `window` (its max(sizes) ids, zeros before the sequence), in plain
-    Python ints: a decode step hashes one byte, where numpy's per-call overhead would dominate."""
-    out, col = [], 0
+    Python ints: a decode step hashes one byte, where numpy's per-call overhead would dominate. The n-grams
+    ending there nest, so one pass from the newest id back builds them all: h_g = x[-g] + p·h_(g-1)."""
+    wanted = set(sizes)
+    out = []
     for f in range(n_functions):
-        prime = HASH_PRIMES[f % len(HASH_PRIMES)]
-        for g in sizes:
-            acc = sum(x * p for x, p in zip(window[len(window) - g:], _powers(prime, g), strict=True)) & _MASK
-            signed = acc - (1 << 64) if acc >= (1 << 63) else acc
-            out.append(signed % vocab + (col * vocab if fused else 0))
-            col += 1
+        prime, acc, found = HASH_PRIMES[f % len(HASH_PRIMES)], 0, {}
+        for g in range(1, len(window) + 1):
+            acc = (window[-g] + prime * acc) & _MASK
+            if g in wanted:
+                signed = acc - (1 << 64) if acc >= (1 << 63) else acc
+                found[g] = signed % vocab
+        out += [found[g] for g in sizes]
+    if fused:
+        out = [h + col * vocab for col, h in enumerate(out)]
     return out
 
 
@@ -101,8 +106,9 @@ def hash_ids(
     ids = np.asarray(ids, dtype=np.int64).reshape(-1)
     gmax = max(sizes)
     if ids.size == 1:
-        window = [0] * gmax + [int(i) for i in history[max(len(history) - gmax + 1, 0):]] + [int(ids[0])]
-        return np.array([_hash_one(window[-gmax:], sizes, vocab, n_functions, fused)], dtype=np.int64)
+        window = [int(i) for i in history[max(len(history) - gmax + 1, 0):]] if gmax > 1 else []
+        window = [0] * (gmax - 1 - len(window)) + window + [int(ids[0])]
+        return np.array([_hash_one(window, sizes, vocab, n_functions, fused)], dtype=np.int64)
     if ids.size == 0:
         return np.zeros((0, n_functions * len(sizes)), dtype=np.int64)
     hist = np.asarray(list(history)[-(gmax - 1):] if gmax > 1 else [], dtype=np.int64)

@@ -4,7 +4,8 @@
   decoder call; exact (equals the full forward).
 - `rollback(n)`: forget positions ≥ n; every cache then equals a fresh prefill of ids[:n].
 - `draft_step(id)`: BLT-S drafting: encoder + decoder for one byte past the sequence with stale conditioning
-  (the latest closed patch's latent; no patcher, no global). `discard_drafts()` drops them; a commit does too
+  (the latest closed patch's latent; no patcher, no global), in one call where the backend has the fused
+  draft_step graph. `discard_drafts()` drops them; a commit does too
   but keeps the encoder's work on the leading ids it shares with them (BLT-S's verify).
 - `last_latent()`: the latent a block starting at the end attends to (forcing the open patch closed).
 - `block_anchor(B)`: where a diffusion block starts (the open patch's start, or the end with the patch forced
@@ -204,16 +205,23 @@ class Session:
             raise ValueError(f"this session allows {self.slack} outstanding drafts (Session(backend, slack=...)); "
                              "commit or discard_drafts() first")
         self._check_room(n + 1)
-        ids = np.array([byte_id], dtype=np.int64)
+        if not 0 <= byte_id < self.config.vocab_size:
+            raise ValueError(f"byte id {byte_id} must lie in [0, {self.config.vocab_size})")
+        ids = np.array([[byte_id]], dtype=np.int64)
         pos = np.array([[n]], dtype=np.int64)
-        states = self._run("encoder", "encoder", {"ids": ids[None], "hash_ids": self._hashes(ids, drafts=True)[None],
-                                                  "positions": pos})["states"]
-        self.byte_steps["encoder"] += 1
+        feeds = {"ids": ids, "hash_ids": self._hashes(ids[0], drafts=True)[None], "positions": pos}
         memory = self.memory[self.n_closed - 1][None, None]
-        logits = self._run("decoder", "decoder_step", {"states": states, "positions": pos, "memory": memory})
+        self.byte_steps["encoder"] += 1
+        if "draft_step" in self._in_place:  # encoder and decoder_step in one call (ORT's fused layout)
+            out = self._run("encoder", "draft_step", {**feeds, "memory": memory})
+            states, logits = out["states"], out["logits"]
+        else:
+            states = self._run("encoder", "encoder", feeds)["states"]
+            logits = self._run("decoder", "decoder_step", {"states": states, "positions": pos,
+                                                           "memory": memory})["logits"]
         self.draft_ids.append(int(byte_id))
         self.draft_states.append(states[0, 0])
-        return logits["logits"][0, 0]
+        return logits[0, 0]
 
     def discard_drafts(self, keep_encoded: int = 0) -> None:
         """Forget the drafts (keeping the encoder cache entries of the first `keep_encoded`)."""
@@ -351,7 +359,7 @@ class Session:
                                        "shorten the prompt or max_new_bytes")
 
     def _run(self, stack: str, graph: str, feeds: dict, keep: bool = True, before: int | None = None) -> dict:
-        cache = self.caches[stack]
+        cache = (self.caches["encoder"], self.caches["decoder"]) if graph == "draft_step" else self.caches[stack]
         t0 = time.perf_counter()
         if graph in self._in_place:  # the backend updates the cache itself (ORT fused layout)
             out = self.backend.run_in_place(graph, feeds, cache, keep)

@@ -10,6 +10,7 @@ updated buffer, which the ORT backend binds to the same memory. Per call that re
 at explicit positions (heads of 16·n; smaller heads keep two RotaryEmbedding nodes and three MatMuls), one
 MatMul for the MLP's gate and up projections, and each residual add fused into the RMSNorm after it.
 decoder_block keeps the standard layout: its bias is arbitrary, which GroupQueryAttention cannot express.
+draft_step (encoder + decoder_step, two caches) exists only here: it saves BLT-S one call per drafted byte.
 """
 
 from __future__ import annotations
@@ -112,7 +113,26 @@ class FusedDecoderStepGraph(nn.Module):
         return (self.model.decoder_head(x), *presents)
 
 
+class FusedDraftStepGraph(nn.Module):
+    """BLT-S's drafting step in one call: the encoder over the new bytes, then decoder_step over its states at
+    the same positions (one ONNX Runtime call per drafted byte instead of two)."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+        self.encoder, self.decoder = FusedStack(model.local_encoder), FusedStack(model.local_decoder)
+        self.n_encoder = 2 * model.config.encoder.n_layers
+
+    def forward(self, ids, hash_ids, positions, memory, decoder_past_length, past_length, *caches):
+        states, enc = self.encoder(self.model.encoder_embed(ids, hash_ids), positions, past_length,
+                                   caches[: self.n_encoder])
+        x, dec = self.decoder(states, positions, decoder_past_length, caches[self.n_encoder:],
+                              self.model.decoder_cross(memory))
+        return (states, self.model.decoder_head(x), *enc, *dec)
+
+
 def build_fused_graphs(model) -> dict:
-    """Graph name → fused module (the names of `spec.FUSED_GRAPHS`), sharing `model`'s weights."""
+    """Graph name → fused module (`spec.FUSED_GRAPHS` and `spec.FUSED_OPTIONAL`), sharing `model`'s weights."""
     return {"patcher": FusedPatcherGraph(model), "encoder": FusedEncoderGraph(model),
-            "global": FusedGlobalGraph(model), "decoder_step": FusedDecoderStepGraph(model)}
+            "global": FusedGlobalGraph(model), "decoder_step": FusedDecoderStepGraph(model),
+            "draft_step": FusedDraftStepGraph(model)}

@@ -37,7 +37,7 @@ class Backend(Protocol):
 
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
-    def run_in_place(self, graph: str, feeds: dict[str, np.ndarray], cache: KVCache,
+    def run_in_place(self, graph: str, feeds: dict[str, np.ndarray], cache: KVCache | tuple[KVCache, ...],
                      keep: bool = True) -> dict[str, np.ndarray]: ...
 
     def close(self) -> None: ...
@@ -55,7 +55,7 @@ class BackendBase:
     in_place_graphs: frozenset[str] = frozenset()
     fused_block_rows: frozenset[int] | None = None
 
-    def run_in_place(self, graph: str, feeds: dict[str, np.ndarray], cache: KVCache,
+    def run_in_place(self, graph: str, feeds: dict[str, np.ndarray], cache: KVCache | tuple[KVCache, ...],
                      keep: bool = True) -> dict[str, np.ndarray]:
         raise ValueError(f"backend {self.name!r} runs no graph in place (in_place_graphs is empty); use run")
 

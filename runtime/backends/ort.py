@@ -7,8 +7,9 @@ weight-bound matmuls gain (measurements in docs/architecture.md). Which provider
 checked with `get_providers()`, not `get_available_providers()`.
 
 On CPU, bundles carry a second, fused layout of patcher/encoder/global/decoder_step (one GroupQueryAttention
-per layer over a cache updated in place, see graphs/incremental/fused.py); `layout="auto"` uses it when the
-bundle has it for the precision, and the session then hands those graphs its caches (`run_in_place`).
+per layer over a cache updated in place, see graphs/incremental/fused.py) and draft_step (encoder +
+decoder_step in one call, for BLT-S); `layout="auto"` uses it when the bundle has it for the precision, and the
+session then hands those graphs its caches (`run_in_place`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import warnings
 import numpy as np
 
 from fastblt.graphs.constants import feed_key, fused_key, graph_key
-from fastblt.graphs.spec import FUSED_GRAPHS, fused_graph_specs, graph_specs
+from fastblt.graphs.spec import FUSED_GRAPHS, FUSED_OPTIONAL, fused_graph_specs, graph_specs
 from fastblt.runtime.backends import BackendBase, resolve, static_fused_rows
 from fastblt.runtime.manifest import BundleError, Manifest
 
@@ -69,7 +70,9 @@ class OrtBackend(BackendBase):
 
             fused_specs = fused_graph_specs(self.config)
             try:
-                self._in_place = {g: InPlaceGraph(session(fused_key(g), g), fused_specs[g]) for g in FUSED_GRAPHS}
+                has = [g for g in FUSED_OPTIONAL if self.manifest.has_file(fused_key(g), precision)]
+                graphs = [*FUSED_GRAPHS, *has]
+                self._in_place = {g: InPlaceGraph(session(fused_key(g), g), fused_specs[g]) for g in graphs}
             except ort_errors() as e:  # an ONNX Runtime without these contrib-op inputs (e.g. GQA position_ids)
                 message = (f"onnxruntime {ort.__version__} cannot load this bundle's fused CPU graphs ({e}); "
                            "upgrade it (`pip install -U onnxruntime`; the layout is verified on 1.32) or use "
@@ -98,8 +101,9 @@ class OrtBackend(BackendBase):
         return dict(zip(spec.output_names, outs, strict=True))
 
     def run_in_place(self, graph: str, feeds: dict[str, np.ndarray], cache, keep: bool = True) -> dict[str, np.ndarray]:
-        """Run a fused graph on `cache` (a runtime.cache.KVCache) directly; with keep the new entries count
-        as cached, without (scratch calls) they are written past its end and ignored."""
+        """Run a fused graph on `cache` (a runtime.cache.KVCache; draft_step: the encoder's and the decoder's)
+        directly; with keep the new entries count as cached, without (scratch calls) they are written past its
+        end and ignored."""
         if graph not in self._in_place:
             raise RuntimeError(f"graph {graph!r} does not run in place here (closed backend, or not a fused graph: "
                                f"in_place_graphs is {sorted(self.in_place_graphs)})")

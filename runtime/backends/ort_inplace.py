@@ -23,16 +23,20 @@ import weakref
 import numpy as np
 import onnxruntime as ort
 
-from fastblt.graphs.spec import GraphSpec
+from fastblt.graphs.spec import SECOND_CACHE, GraphSpec
 from fastblt.runtime.backends import check_feeds
 
 
 class InPlaceGraph:
     def __init__(self, session: ort.InferenceSession, spec: GraphSpec) -> None:
         self.session, self.spec = session, spec
-        self.caches = [i.name for i in spec.inputs if i.name.startswith("past_") and i.name != "past_length"]
-        plain = tuple(i for i in spec.inputs if i.name not in self.caches and i.name != "past_length")
-        self.outputs = [o.name for o in spec.outputs if not o.name.startswith("present_")]
+        # one group per cache the graph updates: ("", names) for its own stack's; draft_step adds the decoder's
+        self.groups = [(prefix, [i.name for i in spec.inputs if i.name.startswith(f"{prefix}past_")
+                                 and i.name != f"{prefix}past_length"])
+                       for prefix in ("", SECOND_CACHE) if f"{prefix}past_length" in spec.input_names]
+        bound = {n for _, names in self.groups for n in names} | {f"{p}past_length" for p, _ in self.groups}
+        plain = tuple(i for i in spec.inputs if i.name not in bound)
+        self.outputs = [o.name for o in spec.outputs if "present_" not in o.name]
         # what the caller feeds: the standard graph's inputs without its cache (checked the same clear way)
         self.host_spec = GraphSpec(spec.name, plain, tuple(o for o in spec.outputs if o.name in self.outputs),
                                    spec.stack)
@@ -40,42 +44,49 @@ class InPlaceGraph:
         self._bindings: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # KVCache -> _Bindings
 
     def run(self, feeds: dict[str, np.ndarray], cache, keep: bool, check: bool) -> dict[str, np.ndarray]:
+        """`cache`: the KVCache the graph updates, or a tuple of them, one per cache group (draft_step:
+        encoder, decoder)."""
+        caches = cache if isinstance(cache, tuple) else (cache,)
+        if len(caches) != len(self.groups):
+            raise ValueError(f"graph {self.spec.name!r} updates {len(self.groups)} caches; got {len(caches)}")
         if check:
             check_feeds(self.host_spec, feeds)
         t = feeds[self.host_spec.inputs[0].name].shape[1]  # new rows: bytes, or patches for `global`
-        cache.reserve(t)
-        state = self._bindings.get(cache)
+        for c in caches:
+            c.reserve(t)
+        state = self._bindings.get(caches[0])
         if state is None:
-            state = self._bindings[cache] = _Bindings(self.session)
+            state = self._bindings[caches[0]] = _Bindings(self.session)
         if t == 1 and self.row is not None:
             if state.row is None:
-                state.row = _OneRow(self.session, self.host_spec, self.caches, self.row)
-            out = state.row.run(feeds, cache)
-            if keep:
-                cache.advance(1)
-            return out
-        if state.bound is None or state.bound[0] is not cache.k or state.bound[1] is not cache.v:
-            self._bind(state, cache)
-        binding = state.binding
-        for name, arr in feeds.items():
-            binding.bind_cpu_input(name, np.ascontiguousarray(arr))
-        binding.bind_cpu_input("past_length", np.array([cache.length], dtype=np.int32))
-        for name in self.outputs:  # rebound each call: ORT allocates fresh outputs, nothing aliases a result
-            binding.bind_output(name)
-        self.session.run_with_iobinding(binding)
-        values = binding.get_outputs()  # in binding order: these outputs first (see _bind), then the caches
-        out = {name: values[i].numpy() for i, name in enumerate(self.outputs)}
+                state.row = _OneRow(self.session, self.host_spec, self.groups, self.row)
+            out = state.row.run(feeds, caches)
+        else:
+            if not _same(state.bound, caches):
+                self._bind(state, caches)
+            binding = state.binding
+            for name, arr in feeds.items():
+                binding.bind_cpu_input(name, np.ascontiguousarray(arr))
+            for (prefix, _), c in zip(self.groups, caches, strict=True):
+                binding.bind_cpu_input(f"{prefix}past_length", np.array([c.length], dtype=np.int32))
+            for name in self.outputs:  # rebound each call: ORT allocates fresh outputs, nothing aliases a result
+                binding.bind_output(name)
+            self.session.run_with_iobinding(binding)
+            values = binding.get_outputs()  # in binding order: these outputs first (see _bind), then the caches
+            out = {name: values[i].numpy() for i, name in enumerate(self.outputs)}
         if keep:
-            cache.advance(t)
+            for c in caches:
+                c.advance(t)
         return out
 
-    def _bind(self, state: _Bindings, cache) -> None:
+    def _bind(self, state: _Bindings, caches: tuple) -> None:
         """Bind the outputs first, then the cache buffers: get_outputs lists them in that order."""
         state.binding.clear_binding_outputs()
         for name in self.outputs:
             state.binding.bind_output(name)
-        state.values = _bind_caches(state.binding, self.caches, cache)
-        state.bound = (cache.k, cache.v)
+        state.values = [v for (prefix, names), c in zip(self.groups, caches, strict=True)
+                        for v in _bind_caches(state.binding, prefix, names, c)]
+        state.bound = _buffers(caches)
 
 
 class _Bindings:
@@ -83,7 +94,7 @@ class _Bindings:
 
     def __init__(self, session: ort.InferenceSession) -> None:
         self.binding = session.io_binding()
-        self.bound: tuple[np.ndarray, np.ndarray] | None = None
+        self.bound: list[np.ndarray] | None = None  # the bound cache buffers (see _same)
         self.values: list[ort.OrtValue] = []  # the bound cache OrtValues, kept alive with the binding
         self.row: _OneRow | None = None
 
@@ -103,45 +114,55 @@ class _OneRow:
     """The t = 1 call on fixed, bound-once input and output buffers (plus the cache buffers, rebound when
     the KVCache reallocates). Results are returned as copies, so nothing aliases the next call's output."""
 
-    def __init__(self, session: ort.InferenceSession, spec: GraphSpec, caches: list[str],
+    def __init__(self, session: ort.InferenceSession, spec: GraphSpec, groups: list[tuple[str, list[str]]],
                  shapes: dict[str, tuple[int, ...]]) -> None:
-        self.session, self.caches = session, caches
+        self.session, self.groups = session, groups
         self.binding = session.io_binding()
         self.inputs = {ts.name: np.zeros(shapes[ts.name], ts.dtype) for ts in spec.inputs}
         self.outputs = {ts.name: np.zeros(shapes[ts.name], ts.dtype) for ts in spec.outputs}
-        self.past_length = np.zeros(1, dtype=np.int32)
+        self.past_lengths = [np.zeros(1, dtype=np.int32) for _ in groups]
         self._values = []  # OrtValues over the buffers, kept alive with the binding
-        for name, buf in (*self.inputs.items(), ("past_length", self.past_length)):
+        lengths = [(f"{prefix}past_length", buf) for (prefix, _), buf in zip(groups, self.past_lengths, strict=True)]
+        for name, buf in (*self.inputs.items(), *lengths):
             self._values.append(ort.OrtValue.ortvalue_from_numpy(buf))
             self.binding.bind_ortvalue_input(name, self._values[-1])
         for name, buf in self.outputs.items():
             self._values.append(ort.OrtValue.ortvalue_from_numpy(buf))
             self.binding.bind_ortvalue_output(name, self._values[-1])
-        self._bound: tuple[np.ndarray, np.ndarray] | None = None
+        self._bound: list[np.ndarray] | None = None
         self._cache_values: list[ort.OrtValue] = []
 
-    def run(self, feeds: dict[str, np.ndarray], cache) -> dict[str, np.ndarray]:
-        if self._bound is None or self._bound[0] is not cache.k or self._bound[1] is not cache.v:
-            self._bind(cache)
+    def run(self, feeds: dict[str, np.ndarray], caches: tuple) -> dict[str, np.ndarray]:
+        if not _same(self._bound, caches):
+            self._cache_values = [v for (prefix, names), c in zip(self.groups, caches, strict=True)
+                                  for v in _bind_caches(self.binding, prefix, names, c)]
+            self._bound = _buffers(caches)
         for name, buf in self.inputs.items():
             buf[...] = feeds[name]
-        self.past_length[0] = cache.length
+        for buf, c in zip(self.past_lengths, caches, strict=True):
+            buf[0] = c.length
         self.session.run_with_iobinding(self.binding)
         return {name: buf.copy() for name, buf in self.outputs.items()}
 
-    def _bind(self, cache) -> None:
-        self._cache_values = _bind_caches(self.binding, self.caches, cache)
-        self._bound = (cache.k, cache.v)
+
+def _buffers(caches: tuple) -> list[np.ndarray]:
+    return [b for c in caches for b in (c.k, c.v)]
 
 
-def _bind_caches(binding, names: list[str], cache) -> list[ort.OrtValue]:
+def _same(bound: list[np.ndarray] | None, caches: tuple) -> bool:
+    """Whether `bound` are the caches' current key/value buffers: a KVCache that reallocated is bound again."""
+    return bound is not None and all(a is b for a, b in zip(bound, _buffers(caches), strict=True))
+
+
+def _bind_caches(binding, prefix: str, names: list[str], cache) -> list[ort.OrtValue]:
     """Bind layer i's key/value buffers (contiguous [1, h, C, d] views of the cache) as both the past input
-    and the present output; returns the OrtValues, which must live as long as the binding uses them."""
+    (`{prefix}past_key_i`) and the present output; returns the OrtValues, which must live as long as the
+    binding uses them."""
     values = []
     for name in names:
-        _, part, layer = name.split("_")
+        _, part, layer = name[len(prefix):].split("_")
         value = ort.OrtValue.ortvalue_from_numpy((cache.k if part == "key" else cache.v)[int(layer)])
         binding.bind_ortvalue_input(name, value)
-        binding.bind_ortvalue_output(f"present_{part}_{layer}", value)
+        binding.bind_ortvalue_output(f"{prefix}present_{part}_{layer}", value)
         values.append(value)
     return values

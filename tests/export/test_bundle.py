@@ -51,8 +51,8 @@ def test_manifest_and_per_graph_parity(built):
     manifest = Manifest.load(built)
     assert manifest.precisions == ("fp32", "int8") and manifest.block_sizes == (4, 8)
     assert sorted(manifest.graphs) == ["decoder_block_4", "decoder_block_8", "decoder_step", "encoder",
-                                      "fused_decoder_step", "fused_encoder", "fused_global", "fused_patcher",
-                                      "global", "patcher"]
+                                      "fused_decoder_step", "fused_draft_step", "fused_encoder", "fused_global",
+                                      "fused_patcher", "global", "patcher"]
     for key in ("fused_patcher", "fused_global"):  # the CPU layout: fp32 (and int8-dynamic), never Q/DQ
         assert manifest.graphs[key].layout == "fused" and sorted(manifest.graphs[key].files) == ["fp32"]
     for key, report in manifest.validation.items():
@@ -106,6 +106,40 @@ def test_fused_layout_updates_the_session_cache_in_place(built):
         assert np.abs(a.v[..., :a.length, :] - b.v[..., :b.length, :]).max() <= 1e-5, stack
     assert fused.caches["encoder"].start > 0  # the window shifted the cache at least once
     assert np.abs(fused.logits() - standard.logits()).max() <= 1e-4
+
+
+def test_fused_draft_step_equals_encoder_then_decoder_step(built):
+    """BLT-S's one-call draft (fused draft_step) gives the logits, encoder states and cache entries of the
+    encoder and decoder_step calls it replaces, past the window edge and after rollbacks; a bundle without
+    the graph drafts with the two calls."""
+    from fastblt.runtime.session import Session
+
+    one, two = OrtBackend(built, "fp32"), OrtBackend(built, "fp32")
+    two._in_place.pop("draft_step")
+    two.in_place_graphs = frozenset(two._in_place)
+    assert "draft_step" in one.in_place_graphs
+    a, b = Session(one, slack=8), Session(two, slack=8)
+    ids = [1] + [x + 4 for x in TEXT[:200]]
+    for s in (a, b):
+        s.commit(ids[:60])
+    for n in range(61, 200, 7):
+        for s in (a, b):
+            s.commit(ids[s.length:n])
+        drafted = [(a.draft_step(i), b.draft_step(i)) for i in ids[n:n + 6]]
+        for x, y in drafted:
+            assert np.abs(x - y).max() <= 1e-5
+        assert all(np.abs(x - y).max() <= 1e-6 for x, y in zip(a.draft_states, b.draft_states, strict=True))
+        for stack in ("encoder", "decoder"):
+            ca, cb = a.caches[stack], b.caches[stack]
+            assert (ca.start, ca.length) == (cb.start, cb.length), stack
+            assert np.abs(ca.k[..., :ca.length, :] - cb.k[..., :cb.length, :]).max() <= 1e-5, stack
+        keep = n % 3
+        for s in (a, b):
+            s.commit(ids[n:n + keep + 1])  # reuses the encoder work of the drafts it shares
+    assert a.calls["draft_step"] == 6 * 20 and "draft_step" not in b.calls
+    assert np.abs(a.logits() - b.logits()).max() <= 1e-4
+    with pytest.raises(ValueError, match="byte id 262 must lie in"):
+        a.draft_step(262)
 
 
 def test_one_row_calls_match_the_general_binding_and_never_alias(built):

@@ -14,7 +14,7 @@ def test_leaving_with_closes_the_ort_backend_and_its_in_place_graphs(tiny_bundle
     from fastblt.runtime.backends.ort import OrtBackend
 
     with Generator(OrtBackend(tiny_bundle, "fp32")) as gen:
-        assert gen.backend.in_place_graphs == {"patcher", "encoder", "global", "decoder_step"}
+        assert gen.backend.in_place_graphs == {"patcher", "encoder", "global", "decoder_step", "draft_step"}
         first = gen.generate("def f(x):", max_new_bytes=8)
         assert len(first.bytes) > 0
     assert gen.backend.sessions == {} and gen.backend.in_place_graphs == frozenset()

@@ -24,6 +24,11 @@ def test_hash_incremental_equals_batch_and_fused_offsets():
     """One byte at a time takes the pure-Python path, many at once the numpy one: they must agree."""
     rng = np.random.default_rng(0)
     ids = [1] + rng.integers(4, 260, 300).tolist()
+    for sizes, functions in (([8, 3, 5], 2), ([1], 1)):  # any order of sizes: columns follow `sizes`
+        full = host.hash_ids(ids[:40], sizes, 500002, functions)
+        step = np.concatenate([host.hash_ids([x], sizes, 500002, functions, history=ids[:i])
+                               for i, x in enumerate(ids[:40])])
+        assert (full == step).all(), sizes
     full = host.hash_ids(ids, [3, 4, 5, 6, 7, 8], 500002, n_functions=3)
     step = np.concatenate([host.hash_ids([x], [3, 4, 5, 6, 7, 8], 500002, 3, history=ids[:i])
                            for i, x in enumerate(ids)])
