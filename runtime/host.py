@@ -73,16 +73,13 @@ def _hash_one(window: list[int], sizes: Sequence[int], vocab: int, n_functions: 
     """Hash ids of the last position of `window` (its max(sizes) ids, zeros before the sequence), in plain
     Python ints: a decode step hashes one byte, where numpy's per-call overhead would dominate. The n-grams
     ending there nest, so one pass from the newest id back builds them all: h_g = x[-g] + p·h_(g-1)."""
-    wanted = set(sizes)
     out = []
     for f in range(n_functions):
-        prime, acc, found = HASH_PRIMES[f % len(HASH_PRIMES)], 0, {}
-        for g in range(1, len(window) + 1):
-            acc = (window[-g] + prime * acc) & _MASK
-            if g in wanted:
-                signed = acc - (1 << 64) if acc >= (1 << 63) else acc
-                found[g] = signed % vocab
-        out += [found[g] for g in sizes]
+        prime, acc, hashes = HASH_PRIMES[f % len(HASH_PRIMES)], 0, []
+        for x in reversed(window):
+            acc = (x + prime * acc) & _MASK
+            hashes.append(acc - (1 << 64) if acc >= (1 << 63) else acc)  # hashes[g - 1]: the g-gram, signed
+        out += [hashes[g - 1] % vocab for g in sizes]
     if fused:
         out = [h + col * vocab for col, h in enumerate(out)]
     return out

@@ -5,8 +5,8 @@
 - `rollback(n)`: forget positions ≥ n; every cache then equals a fresh prefill of ids[:n].
 - `draft_step(id)`: BLT-S drafting: encoder + decoder for one byte past the sequence with stale conditioning
   (the latest closed patch's latent; no patcher, no global), in one call where the backend has the fused
-  draft_step graph. `discard_drafts()` drops them; a commit does too
-  but keeps the encoder's work on the leading ids it shares with them (BLT-S's verify).
+  draft_step graph. `discard_drafts()` drops them; a commit does too but keeps the encoder's work on the
+  leading ids it shares with them (BLT-S's verify).
 - `last_latent()`: the latent a block starting at the end attends to (forcing the open patch closed).
 - `block_anchor(B)`: where a diffusion block starts (the open patch's start, or the end with the patch forced
   closed) and the latent its rows read.
@@ -213,7 +213,7 @@ class Session:
         memory = self.memory[self.n_closed - 1][None, None]
         self.byte_steps["encoder"] += 1
         if "draft_step" in self._in_place:  # encoder and decoder_step in one call (ORT's fused layout)
-            out = self._run("encoder", "draft_step", {**feeds, "memory": memory})
+            out = self._run(("encoder", "decoder"), "draft_step", {**feeds, "memory": memory})
             states, logits = out["states"], out["logits"]
         else:
             states = self._run("encoder", "encoder", feeds)["states"]
@@ -358,8 +358,10 @@ class Session:
             raise SequenceTooLongError(f"sequence of {n} ids exceeds the model's {self._limit} byte positions; "
                                        "shorten the prompt or max_new_bytes")
 
-    def _run(self, stack: str, graph: str, feeds: dict, keep: bool = True, before: int | None = None) -> dict:
-        cache = (self.caches["encoder"], self.caches["decoder"]) if graph == "draft_step" else self.caches[stack]
+    def _run(self, stack: str | tuple[str, ...], graph: str, feeds: dict, keep: bool = True,
+             before: int | None = None) -> dict:
+        """One graph call on `stack`'s cache (a graph over several caches, draft_step, names them all)."""
+        cache = tuple(self.caches[s] for s in stack) if isinstance(stack, tuple) else self.caches[stack]
         t0 = time.perf_counter()
         if graph in self._in_place:  # the backend updates the cache itself (ORT fused layout)
             out = self.backend.run_in_place(graph, feeds, cache, keep)

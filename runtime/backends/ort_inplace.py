@@ -150,8 +150,14 @@ def _buffers(caches: tuple) -> list[np.ndarray]:
 
 
 def _same(bound: list[np.ndarray] | None, caches: tuple) -> bool:
-    """Whether `bound` are the caches' current key/value buffers: a KVCache that reallocated is bound again."""
-    return bound is not None and all(a is b for a, b in zip(bound, _buffers(caches), strict=True))
+    """Whether `bound` are the caches' current key/value buffers: a KVCache that reallocated is bound again
+    (checked on every call, so without building a list)."""
+    if bound is None:
+        return False
+    for i, c in enumerate(caches):
+        if bound[2 * i] is not c.k or bound[2 * i + 1] is not c.v:
+            return False
+    return True
 
 
 def _bind_caches(binding, prefix: str, names: list[str], cache) -> list[ort.OrtValue]:
