@@ -108,13 +108,17 @@ def hash_ids(
         return np.array([_hash_one(window, sizes, vocab, n_functions, fused)], dtype=np.int64)
     if ids.size == 0:
         return np.zeros((0, n_functions * len(sizes)), dtype=np.int64)
-    hist = np.asarray(list(history)[-(gmax - 1):] if gmax > 1 else [], dtype=np.int64)
-    hist = np.concatenate([np.zeros(gmax - 1 - hist.size, dtype=np.int64), hist])
-    full = np.concatenate([hist, ids]).astype(np.uint64)
+    hist = [int(i) for i in history[max(len(history) - gmax + 1, 0):]] if gmax > 1 else []
+    full = np.array([0] * (gmax - 1 - len(hist)) + hist + ids.tolist(), dtype=np.uint64)
     windows = full[_window_index(ids.size, gmax)]  # [t, gmax], oldest id first
-    with np.errstate(over="ignore"):
-        acc = windows @ _power_matrix(tuple(sizes), n_functions)  # uint64 products and sums wrap mod 2^64
-    out = np.mod(acc.view(np.int64), vocab)
+    acc = windows @ _power_matrix(tuple(sizes), n_functions)  # array integer arithmetic wraps mod 2^64
+    out = acc.view(np.int64) % vocab
     if fused:
-        out += np.arange(out.shape[1], dtype=np.int64) * vocab
+        out += _table_offsets(out.shape[1], vocab)
     return out
+
+
+@functools.lru_cache(maxsize=8)
+def _table_offsets(n_tables: int, vocab: int) -> np.ndarray:
+    """i·vocab for table i: the fused-table layout's id offsets."""
+    return np.arange(n_tables, dtype=np.int64) * vocab

@@ -45,6 +45,7 @@ class Sampler:
         self.cfg = cfg.validate()
         self.rng = np.random.default_rng(cfg.seed)
         self.blocked = ~allowed_mask(vocab)
+        self._floor = np.where(self.blocked, -np.inf, 0.0).astype(np.float32)  # added to logits: blocked ids lose
 
     def probs(self, logits: np.ndarray) -> np.ndarray:
         """The distribution actually sampled from (after temperature, top-k, top-p), rows sum to 1."""
@@ -72,12 +73,11 @@ class Sampler:
 
     def argmax(self, logits: np.ndarray) -> np.ndarray:
         """The greedy choice of each row (never a blocked id)."""
-        return np.where(self.blocked, -np.inf, logits).argmax(-1)
+        return (logits + self._floor).argmax(-1)
 
     def sample(self, logits: np.ndarray) -> int:
         if self.cfg.greedy:
-            x = np.where(self.blocked, -np.inf, logits)
-            return int(np.argmax(x))
+            return int((logits + self._floor).argmax())
         return self.draw(self.probs(logits))
 
     def draw(self, p: np.ndarray) -> int:
@@ -91,9 +91,11 @@ class Sampler:
         softmax (temperature 1) when greedy, where the warped one is a point mass."""
         if not self.cfg.greedy:
             return self.probs(logits)
-        x = np.where(self.blocked, -np.inf, np.asarray(logits, dtype=np.float64))
-        p = np.exp(x - x.max(-1, keepdims=True))
-        return p / p.sum(-1, keepdims=True)
+        x = np.asarray(logits, dtype=np.float64) + self._floor  # a new array: the updates below are in place
+        x -= x.max(-1, keepdims=True)
+        np.exp(x, out=x)
+        x /= x.sum(-1, keepdims=True)
+        return x
 
     def accept(self, token: int, p: np.ndarray, q: np.ndarray) -> bool:
         """Speculative-sampling test: accept a draft `token` drawn from q with probability min(1, p/q)."""

@@ -5,8 +5,9 @@
 - `rollback(n)`: forget positions ≥ n; every cache then equals a fresh prefill of ids[:n].
 - `draft_step(id)`: BLT-S drafting: encoder + decoder for one byte past the sequence with stale conditioning
   (the latest closed patch's latent; no patcher, no global), in one call where the backend has the fused
-  draft_step graph. `discard_drafts()` drops them; a commit does too but keeps the encoder's work on the
-  leading ids it shares with them (BLT-S's verify).
+  draft_step graph. `discard_drafts()` drops them; a commit does too but keeps the drafts' exact work on the
+  leading ids it shares with them (BLT-S's verify): their encoder states, and their decoder rows up to the
+  first patch the commit closes.
 - `last_latent()`: the latent a block starting at the end attends to (forcing the open patch closed).
 - `block_anchor(B)`: where a diffusion block starts (the open patch's start, or the end with the patch forced
   closed) and the latent its rows read.
@@ -66,6 +67,7 @@ class Session:
         self.logits_start = 0
         self.draft_ids: list[int] = []
         self.draft_states: list[np.ndarray] = []  # encoder states of the drafts, [D] each
+        self.draft_logits: list[np.ndarray] = []  # their decoder rows' logits (stale conditioning), [V] each
         self.calls: dict[str, int] = {}
         self.seconds: dict[str, float] = {}
         self.byte_steps = {"patcher": 0, "encoder": 0}
@@ -118,7 +120,7 @@ class Session:
         lo, hi = (int(new[0]),) * 2 if t == 1 else (int(new.min()), int(new.max()))  # a decode step: no reductions
         if lo < 0 or hi >= cfg.vocab_size:
             raise ValueError(f"ids must lie in [0, {cfg.vocab_size})")
-        drafted = self._take_drafts(new) if self.draft_ids else []  # AR commits skip this entirely
+        drafted, draft_logits = self._take_drafts(new) if self.draft_ids else ([], [])  # not on AR commits
         reuse = len(drafted)
         pos = np.arange(n0, n0 + t, dtype=np.int64)[None]
         ent = self._run("patcher", "patcher", {"ids": new[None], "positions": pos})["entropies"][0]
@@ -156,10 +158,20 @@ class Session:
             if closing:
                 self.memory = _put_rows(self.memory, first, memory[: len(closing)])
         if defer_decoder:
+            self.caches["decoder"].truncate(n0)
             self._pending = (n0, states, self.memory[rows])
             self._trim(logits=False)
             return None
-        return self._decoder_rows(n0, states, self.memory[rows])
+        exact = _exact_draft_rows(rows, self.n_closed - len(closing) - 1, len(draft_logits))
+        self.caches["decoder"].truncate(n0 + exact)  # keeps the K/V of the drafts' exact decoder rows
+        if not exact:
+            return self._decoder_rows(n0, states, self.memory[rows])
+        known = np.stack(draft_logits[:exact])
+        self.row_logits = _put_rows(self.row_logits, n0 - self.logits_start, known)
+        if exact == t:
+            self._trim()
+            return known
+        return np.concatenate([known, self._decoder_rows(n0 + exact, states[exact:], self.memory[rows[exact:]])])
 
     def flush(self) -> None:
         """Run the decoder rows a `commit(defer_decoder=True)` left pending, on their own (no-op if none)."""
@@ -187,6 +199,7 @@ class Session:
                              "(Session(backend, slack=...))")
         self.draft_ids.clear()
         self.draft_states.clear()
+        self.draft_logits.clear()
         self._open_latent = None
         for name in ("patcher", "encoder", "decoder"):
             self.caches[name].truncate(length)
@@ -221,26 +234,29 @@ class Session:
                                                            "memory": memory})["logits"]
         self.draft_ids.append(int(byte_id))
         self.draft_states.append(states[0, 0])
+        self.draft_logits.append(logits[0, 0])
         return logits[0, 0]
 
-    def discard_drafts(self, keep_encoded: int = 0) -> None:
-        """Forget the drafts (keeping the encoder cache entries of the first `keep_encoded`)."""
+    def discard_drafts(self, keep: int = 0) -> None:
+        """Forget the drafts (keeping the encoder and decoder cache entries of the first `keep`)."""
         self.flush()
-        self.caches["encoder"].truncate(self.length + keep_encoded)
-        self.caches["decoder"].truncate(self.length)
+        self.caches["encoder"].truncate(self.length + keep)
+        self.caches["decoder"].truncate(self.length + keep)
         self.draft_ids.clear()
         self.draft_states.clear()
+        self.draft_logits.clear()
 
-    def _take_drafts(self, new: np.ndarray) -> list[np.ndarray]:
-        """Discard the drafts but keep the encoder's work on the leading ids they share with `new`: the encoder
-        is causal and patch-free, so those cache entries and states are exactly what committing them computes
-        (BLT-S's verify then encodes one byte instead of k+1). The decoder's draft rows used stale latents: dropped."""
+    def _take_drafts(self, new: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Discard the drafts but keep the work on the leading ids they share with `new` (BLT-S's verify):
+        their encoder states and cache entries, exact because the encoder is causal and patch-free, and their
+        decoder rows' logits and cache entries, which the commit keeps only for the rows its patching shows
+        were exact (`_exact_draft_rows`) and truncates otherwise."""
         m = 0
         while m < min(len(self.draft_ids), new.size) and self.draft_ids[m] == new[m]:
             m += 1
-        states = self.draft_states[:m]
-        self.discard_drafts(keep_encoded=m)
-        return states
+        states, logits = self.draft_states[:m], self.draft_logits[:m]
+        self.discard_drafts(keep=m)
+        return states, logits
 
     def last_latent(self) -> np.ndarray:
         """Memory slots [k, D] a block starting right after the sequence reads: the latent of the last patch,
@@ -413,3 +429,13 @@ def _put_rows(buf: np.ndarray, at: int, rows: np.ndarray) -> np.ndarray:
         buf = grown
     buf[at:need] = rows
     return buf
+
+
+def _exact_draft_rows(rows: np.ndarray, latent: int, drafted: int) -> int:
+    """How many leading rows of a commit the drafts computed exactly. A draft row read the latest closed patch's
+    latent (`latent`, BLT-S's stale conditioning), which is the row's true latent up to the first patch the
+    commit closes; the patcher and encoder are causal, so nothing else differs."""
+    n = 0
+    while n < drafted and rows[n] == latent:
+        n += 1
+    return n

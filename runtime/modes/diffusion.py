@@ -32,9 +32,11 @@ def check_model(cfg, block_size: int) -> None:
 def fill_block(session: Session, sampler: Sampler, rule: UnmaskConfig, block: np.ndarray, memory: np.ndarray,
                counters: Counters, events: list, start: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Unmask every MASK in `block` (in place), a block placed at `start` (default: after the sequence).
-    Returns (block, q) with q[i] the distribution position i was drawn from (its row for verification)."""
+    Returns (block, q) with q[i] the distribution position i was drawn from (its row for verification); q is
+    None when greedy, where verification reads only the bytes."""
     mask_id = session.config.mask_id
-    q = np.zeros((block.size, session.config.vocab_size))
+    greedy = sampler.cfg.greedy
+    q = None if greedy else np.zeros((block.size, session.config.vocab_size))
     steps = 0
     while True:
         masked = np.flatnonzero(block == mask_id)
@@ -44,16 +46,15 @@ def fill_block(session: Session, sampler: Sampler, rule: UnmaskConfig, block: np
         dists = sampler.soft(logits[masked])  # rows already unmasked are never read again
         pick = select(rule, dists)
         chosen = masked[pick]
-        if sampler.cfg.greedy:  # q is a point mass on the argmax: no per-row warp needed
-            best = sampler.argmax(logits[chosen])
-            q[chosen, best] = 1.0
-            block[chosen] = best
+        if greedy:
+            ids = sampler.argmax(logits[chosen])
         else:
             q[chosen] = sampler.probs(logits[chosen])
-            block[chosen] = [sampler.draw(row) for row in q[chosen]]
+            ids = np.array([sampler.draw(row) for row in q[chosen]])
+        block[chosen] = ids
         steps += 1
-        events.append({"type": "unmask", "step": steps, "positions": chosen.tolist(),
-                       "ids": block[chosen].tolist(), "confidences": dists[pick, block[chosen]].tolist()})
+        events.append({"type": "unmask", "step": steps, "positions": chosen.tolist(), "ids": ids.tolist(),
+                       "confidences": dists[pick, ids].tolist()})
     counters.n_dec["diffusion_step"] += steps
     counters.steps_per_block.append(steps)
     return block, q

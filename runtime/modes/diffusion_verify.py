@@ -51,7 +51,8 @@ def run(session: Session, sampler: Sampler, budget: int, counters: Counters, blo
         yield from events
         draft = block[head + 1:].tolist()
         yield {"type": "draft", "ids": block[head:].tolist()}
-        committed, nxt = verify(session, sampler, int(block[head]), draft, list(q[head + 1:]), counters)
+        q = [None] * len(draft) if q is None else list(q[head + 1:])
+        committed, nxt = verify(session, sampler, int(block[head]), draft, q, counters)
         counters.iterations += 1
         counters.paper_n_enc += 2
         counters.paper_n_dec += counters.steps_per_block[-1] + 1

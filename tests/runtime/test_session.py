@@ -1,4 +1,4 @@
-"""Session: caches after rejected drafts equal a fresh prefill, drafts' encoder work reused by the commit,
+"""Session: caches after rejected drafts equal a fresh prefill, drafts' exact work reused by the commit,
 the slack bounding drafts and rollback with clear errors."""
 
 from __future__ import annotations
@@ -47,20 +47,43 @@ def test_caches_after_rejection_equal_fresh_prefill():
 
 
 @pytest.mark.parametrize("shared", [5, 2, 0])
-def test_commit_after_drafts_reuses_their_encoder_work_exactly(shared):
+def test_commit_after_drafts_reuses_their_exact_work(shared):
+    """The encoder work of every shared draft is kept; the decoder rows of the shared drafts before the first
+    patch the commit closes (they read the right latent) are kept too, and only the rest run again."""
     backend = TorchBackend(peaky_bltd(3))
+    rows_run = []
+    run = backend.run
+
+    def counting_run(graph, feeds):
+        if graph == "decoder_step":
+            rows_run.append(feeds["states"].shape[1])
+        return run(graph, feeds)
+
+    backend.run = counting_run
     session = Session(backend)
     session.commit([1] + [c + 4 for c in b"def f(x):\n    return"])
+    n0 = session.length
     drafts = [c + 4 for c in b" x + 1"]
     for byte_id in drafts[:5]:
         session.draft_step(byte_id)
     ids = drafts[:shared] + [c + 4 for c in b"(y)-22"][: 6 - shared]
     steps, calls = session.byte_steps["encoder"], session.calls["encoder"]
-    session.commit(ids)
+    rows_run.clear()
+    logits = session.commit(ids)
     assert session.byte_steps["encoder"] - steps == 6 - shared  # only the bytes the drafts did not encode
     assert session.calls["encoder"] - calls == 1
-    assert session.draft_ids == [] and session.draft_states == []
+    assert session.draft_ids == [] and session.draft_states == [] and session.draft_logits == []
+    first_closed = min(p for p in session.patch_starts if p > n0) - 1  # the first row reading a new latent
+    exact = min(shared, first_closed - n0)
+    assert sum(rows_run) == 6 - exact
+    if shared == 5:
+        assert exact > 0  # the case this test is about does occur
     _same_as_prefill(session, backend)
+    fresh = Session(backend)
+    fresh.commit(session.ids)
+    want = np.stack([fresh.logits(p) for p in range(n0, n0 + 6)])
+    assert np.abs(logits - want).max() <= 1e-4
+    assert np.abs(np.stack([session.logits(p) for p in range(n0, n0 + 6)]) - want).max() <= 1e-4
 
 
 def test_a_rejected_commit_keeps_the_drafts():
