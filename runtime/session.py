@@ -328,9 +328,9 @@ class Session:
                 return fused
             self.flush()
         past_k, _ = self.caches["decoder"].visible(start)
-        feeds = {"states": states[None].astype(np.float32),
+        feeds = {"states": np.asarray(states[None], dtype=np.float32),
                  "positions": np.arange(start, start + bsz, dtype=np.int64)[None],
-                 "memory": memory[None].astype(np.float32),
+                 "memory": np.asarray(memory[None], dtype=np.float32),
                  "attn_bias": block_bias(past_k.shape[3], bsz, self.config.decoder.window, bidirectional)}
         return self._run("decoder", "decoder_block", feeds, keep=False, before=start)["logits"][0]
 
@@ -350,10 +350,10 @@ class Session:
         past_k, past_v = cache.visible(n0, extra=max(n0 - start, 0))
         bias, rows = fused_bias(past_k.shape[3], t, start - n0, bsz, pad, self.config.decoder.window, bidirectional)
         zeros = np.zeros((pad, *states.shape[1:]), dtype=np.float32)
-        feeds = {"states": np.concatenate([p_states, states, zeros])[None].astype(np.float32),
+        no_memory = np.zeros((pad, *memory.shape[1:]), dtype=np.float32)
+        feeds = {"states": np.concatenate([p_states, states, zeros], dtype=np.float32)[None],
                  "positions": (rows + n0).astype(np.int64)[None],
-                 "memory": np.concatenate([p_memory, memory, np.zeros((pad, *memory.shape[1:]),
-                                                                      dtype=np.float32)])[None].astype(np.float32),
+                 "memory": np.concatenate([p_memory, memory, no_memory], dtype=np.float32)[None],
                  "attn_bias": bias,
                  "past_key": past_k, "past_value": past_v}
         self._pending = None
