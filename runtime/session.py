@@ -138,15 +138,16 @@ class Session:
         self.states = _put_rows(self.states, n0 - self.states_start, states)
 
         closing: list[tuple[int, int]] = []
-        rows = np.empty(t, dtype=np.int64)
+        rows = [0] * t
+        starts, theta, cap = self.patch_starts, cfg.patch_threshold, cfg.max_patch_length
         for j in range(n0, n0 + t):
             if j == 0:
-                self.patch_starts.append(0)
-            start = self.patch_starts[-1]
-            if host.next_is_start(self.entropies[j], j + 1, start, cfg.patch_threshold, cfg.max_patch_length):
-                closing.append((start, j + 1))
-                self.patch_starts.append(j + 1)
-            rows[j - n0] = self.n_closed - 1  # d(j): the last patch complete at j
+                starts.append(0)
+            if host.next_is_start(self.entropies[j], j + 1, starts[-1], theta, cap):
+                closing.append((starts[-1], j + 1))
+                starts.append(j + 1)
+            rows[j - n0] = len(starts) - 2  # d(j): the last patch complete at j (n_closed - 1)
+        rows = np.array(rows, dtype=np.int64)
         spans = closing + ([(self.patch_starts[-1], n0 + t)] if open_latent and self.patch_starts[-1] < n0 + t else [])
         if spans:
             first = self.n_closed - len(closing)

@@ -46,8 +46,8 @@ def fill_block(session: Session, sampler: Sampler, rule: UnmaskConfig, block: np
         dists = sampler.soft(logits[masked])  # rows already unmasked are never read again
         pick = select(rule, dists)
         chosen = masked[pick]
-        if greedy:
-            ids = sampler.argmax(logits[chosen])
+        if greedy:  # the argmax of a row's distribution is its greedy byte (blocked ids have probability 0)
+            ids = dists[pick].argmax(-1)
         else:
             q[chosen] = sampler.probs(logits[chosen])
             ids = np.array([sampler.draw(row) for row in q[chosen]])
