@@ -238,8 +238,13 @@ class Session:
         self.draft_logits.append(logits[0, 0])
         return logits[0, 0]
 
-    def discard_drafts(self, keep: int = 0) -> None:
-        """Forget the drafts (keeping the encoder and decoder cache entries of the first `keep`)."""
+    def discard_drafts(self) -> None:
+        """Forget the drafts."""
+        self._drop_drafts(keep=0)
+
+    def _drop_drafts(self, keep: int) -> None:
+        """Forget the drafts but the encoder and decoder cache entries of the first `keep`, which the commit
+        under way then counts as its own (`_take_drafts`)."""
         self.flush()
         self.caches["encoder"].truncate(self.length + keep)
         self.caches["decoder"].truncate(self.length + keep)
@@ -256,7 +261,7 @@ class Session:
         while m < min(len(self.draft_ids), new.size) and self.draft_ids[m] == new[m]:
             m += 1
         states, logits = self.draft_states[:m], self.draft_logits[:m]
-        self.discard_drafts(keep=m)
+        self._drop_drafts(keep=m)
         return states, logits
 
     def last_latent(self) -> np.ndarray:
