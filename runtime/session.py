@@ -158,13 +158,15 @@ class Session:
                 self.forced_closures += 1
             if closing:
                 self.memory = _put_rows(self.memory, first, memory[: len(closing)])
+        exact = 0
+        if draft_logits:  # keep the K/V of the drafts' exact decoder rows, drop the rest
+            if not defer_decoder:
+                exact = _exact_draft_rows(rows, self.n_closed - len(closing) - 1, len(draft_logits))
+            self.caches["decoder"].truncate(n0 + exact)
         if defer_decoder:
-            self.caches["decoder"].truncate(n0)
             self._pending = (n0, states, self.memory[rows])
             self._trim(logits=False)
             return None
-        exact = _exact_draft_rows(rows, self.n_closed - len(closing) - 1, len(draft_logits))
-        self.caches["decoder"].truncate(n0 + exact)  # keeps the K/V of the drafts' exact decoder rows
         if not exact:
             return self._decoder_rows(n0, states, self.memory[rows])
         known = np.stack(draft_logits[:exact])
