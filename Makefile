@@ -61,5 +61,12 @@ gpu-check: $(VENV)/.installed-run $(BUNDLE)/manifest.json
 	$(if $(TRT_EXTRA),$(PIP) install -e '.[$(TRT_EXTRA)]')
 	$(BIN)/python -m fastblt.export.gpu_check --bundle $(BUNDLE)
 
+# The public BLT-1B shape (random init, 4.6 B parameters) through init, build (fp32 + int8-dynamic), check and
+# generation in all four modes on ONNX Runtime CPU; not part of CI (about 30 GB of disk under .cache/scale, up to
+# an hour and ~20 GB of RAM here). Numbers: .cache/scale/scale.json, quoted in docs/scale.md.
+.PHONY: scale-check
+scale-check: $(VENV)/.installed-dev
+	$(BIN)/blt-bench scale --work .cache/scale --preset blt-1b
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .cache

@@ -232,6 +232,22 @@ def _anchor(weights, context, new_bytes, repeats, rounds, draft_k, precision, th
     return anchor.run(cfg, Path(out) / "anchor-work", quiet)
 
 
+@main.command("scale")
+@click.option("--work", default=".cache/scale", show_default=True, type=click.Path(),
+              help="Where the checkpoint, bundle and logs go (about 30 GB for blt-1b; never in git).")
+@click.option("--preset", type=click.Choice(["blt-1b", "blt-7b", "tiny"]), default="blt-1b", show_default=True)
+@click.option("--precision", "precisions", default="fp32,int8-dynamic", show_default=True)
+@click.option("--new-bytes", type=int, default=32, show_default=True)
+@errors
+def scale_cmd(work, preset, precisions, new_bytes):
+    """A public BLT shape (random init) through init, inspect, build, check and generation in every mode, each
+    stage under /usr/bin/time -v (what `make scale-check` runs; docs/scale.md quotes its JSON)."""
+    from fastblt.benchmarks.scale import run_scale
+
+    results = run_scale(Path(work), preset, precisions, new_bytes, log=click.echo)
+    click.echo(json.dumps({k: v for k, v in results.items() if k.startswith(("stages", "generate"))}, indent=2))
+
+
 @main.command("all")
 @source_options
 @click.option("--anchor/--no-anchor", "with_anchor", default=True, show_default=True,

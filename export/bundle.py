@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
+import gc
 import os
 import platform
 import shutil
 import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from fastblt.export.onnx_export import OPSET, export_graph
+import numpy as np
+
+from fastblt.export.onnx_export import EXTERNAL_DATA_BYTES, OPSET, export_graph, external_data_files
 from fastblt.export.progress import BuildLog
 from fastblt.export.quantize import (
     MODELOPT_HINT,
@@ -27,8 +34,15 @@ from fastblt.export.quantize import (
 )
 from fastblt.graphs.atomic import atomic_dir
 from fastblt.graphs.constants import BOE, BOS, EOS, fused_key, graph_key
-from fastblt.graphs.spec import FUSED_GRAPHS, FUSED_OPTIONAL, GRAPH_NAMES, fused_graph_specs, graph_specs
-from fastblt.runtime.manifest import sha256_file, write_manifest
+from fastblt.graphs.spec import (
+    FUSED_GRAPHS,
+    FUSED_OPTIONAL,
+    GRAPH_NAMES,
+    PATCH_CAP,
+    fused_graph_specs,
+    graph_specs,
+)
+from fastblt.runtime.manifest import GraphFile, sha256_file, write_manifest
 
 FUSED_PRECISIONS = ("fp32", "int8-dynamic")  # the CPU precisions; TensorRT never reads the fused layout
 BUILD_LOG = "build.log"  # what the exporter, quantizers and ONNX Runtime printed, in the bundle
@@ -74,23 +88,63 @@ def check_request(precisions: tuple[str, ...], engines: str) -> None:
 
 def build_bundle(model, out: Path, precisions: tuple[str, ...] = ("fp32", "int8"),
                  block_sizes: tuple[int, ...] | None = None, engines: str = "auto", log=print,
-                 heldout: list[list[int]] | None = None, fused: bool = True, bars: bool = False) -> Path:
+                 heldout: list[list[int]] | None = None, fused: bool = True, bars: bool = False, *,
+                 options: BuildOptions | None = None) -> Path:
     """Build a bundle; `log` gets one line per stage (or, with `bars`, a progress bar per stage on stderr),
-    and what the libraries print goes to the bundle's build.log."""
+    and what the libraries print goes to the bundle's build.log. `options` holds what matters at scale
+    (hash-table storage, external data, memory; see BuildOptions)."""
+    opts = options or BuildOptions()
     cfg = model.config
     block_sizes = tuple(cfg.block_sizes if block_sizes is None else block_sizes)
     missing = [b for b in block_sizes if b not in cfg.block_sizes]
     if missing:
         raise BuildError(f"block sizes {missing} were not trained; this model supports {list(cfg.block_sizes)}")
     check_request(precisions, engines)
+    _check_table_request(model, opts)
     out = Path(out)
-    with atomic_dir(out) as tmp, _log_kept_on_failure(tmp, log):
+    t0 = time.perf_counter()
+    with _disk_errors(out), atomic_dir(out) as tmp, _log_kept_on_failure(tmp, log):
         with BuildLog(tmp / BUILD_LOG, log, bars, out / BUILD_LOG) as blog:
-            _build(model, tmp, precisions, block_sizes, engines, heldout, fused, blog)
+            _build(model, tmp, precisions, block_sizes, engines, heldout, fused, blog, opts)
+            _summary(tmp, blog, time.perf_counter() - t0)
     return out
 
 
-def _build(model, tmp: Path, precisions, block_sizes, engines, heldout, fused, blog: BuildLog) -> None:
+@dataclass(frozen=True)
+class BuildOptions:
+    """What a large build needs beyond the defaults.
+
+    `hash_table`: storage of the bundle's one hash-table file: "auto" (the checkpoint's dtype: `table_dtype`,
+    else the model's), float32, bfloat16, float16, or int8 (one fp32 scale per row). `table_source`: where the
+    table's rows come from when the model was loaded without them (meta device): `(rows, read)` with
+    read(r0, r1) → float32 [r1-r0, D], e.g. a memory-mapped checkpoint. `external_bytes`: graphs with more
+    weight bytes than this keep them in external data. `release_model`: once the torch stages are done, move the
+    model's weights to the meta device (the caller's model is then unusable) so ONNX Runtime gets the memory.
+    `calibration_prompts` / `heldout_windows`: how much real text calibration and the quality checks run
+    (each window is 256 bytes; at BLT-1B scale a window costs seconds per backend)."""
+
+    hash_table: str = "auto"
+    table_dtype: str | None = None
+    table_source: tuple[int, Callable[[int, int], np.ndarray]] | None = None
+    external_bytes: int = EXTERNAL_DATA_BYTES
+    fused_max_bytes: int | None = None
+    release_model: bool = False
+    calibration_prompts: int = 4
+    heldout_windows: int = 16
+
+
+def _check_table_request(model, opts: BuildOptions) -> None:
+    from fastblt.runtime.hash_table import TABLE_DTYPES
+
+    if opts.hash_table != "auto" and opts.hash_table not in TABLE_DTYPES:
+        raise BuildError(f"--hash-table {opts.hash_table!r}; valid values are auto, {', '.join(TABLE_DTYPES)}")
+    if model.encoder_hash_tok_embedding.weight.is_meta and opts.table_source is None:
+        raise BuildError("the model's hash tables were not loaded (meta device) and no table_source was given; "
+                         "load the checkpoint with its tables or pass where to stream them from")
+
+
+def _build(model, tmp: Path, precisions, block_sizes, engines, heldout, fused, blog: BuildLog,
+           opts: BuildOptions) -> None:
     from fastblt.export.calibration import heldout_bpb, prompts_from, record
     from fastblt.graphs.incremental import build_graphs
     from fastblt.runtime.backends.ort import OrtBackend
@@ -100,14 +154,18 @@ def _build(model, tmp: Path, precisions, block_sizes, engines, heldout, fused, b
     if heldout is None:
         from fastblt.graphs.training.data import heldout_windows
 
-        heldout = heldout_windows(None, 256, 16)
+        heldout = heldout_windows(None, 256, opts.heldout_windows)
     prompts = prompts_from(heldout, 8)
-    torch_backend = TorchBackend(model)
-    with blog.stage("calibration: real-text inputs", 4, "prompts") as bar:
-        rec = record(torch_backend, prompts[:4], progress=bar.update)
+    table_entry = _write_hash_table(model, tmp, opts, blog)
+    torch_backend = TorchBackend(model, hash_table=_table_of(tmp, cfg, table_entry)
+                                 if model.encoder_hash_tok_embedding.weight.is_meta else None)
+    n_cal = min(opts.calibration_prompts, len(prompts))
+    with blog.stage("calibration: real-text inputs", n_cal, "prompts") as bar:
+        rec = record(torch_backend, prompts[:n_cal], progress=bar.update)
     modules, specs = build_graphs(model), graph_specs(cfg)
     jobs = [(graph_key(graph, b), graph, modules[graph], specs[graph], b, rec.records.get(graph_key(graph, b), []))
             for graph in GRAPH_NAMES for b in (block_sizes if graph == "decoder_block" else (None,))]
+    fused_jobs = []
     if fused:
         from fastblt.export.validate import draft_step_records, to_fused_feeds
         from fastblt.graphs.incremental.fused import build_fused_graphs
@@ -115,20 +173,32 @@ def _build(model, tmp: Path, precisions, block_sizes, engines, heldout, fused, b
         fused_modules, fused_specs = build_fused_graphs(model), fused_graph_specs(cfg)
         real = {graph: [(to_fused_feeds(f), o) for f, o in rec.records.get(graph, [])] for graph in FUSED_GRAPHS}
         real["draft_step"] = draft_step_records(rec.records)
-        jobs += [(fused_key(graph), graph, fused_modules[graph], fused_specs[graph], None, real[graph])
-                 for graph in (*FUSED_GRAPHS, *FUSED_OPTIONAL)]
-    entries, validation = _export_and_validate(tmp, cfg, jobs, blog)
+        fused_jobs = [(fused_key(graph), graph, fused_modules[graph], fused_specs[graph], None, real[graph])
+                      for graph in (*FUSED_GRAPHS, *FUSED_OPTIONAL)]
+    fused_max = opts.external_bytes if opts.fused_max_bytes is None else opts.fused_max_bytes
+    entries, validation = _export_and_validate(tmp, cfg, jobs, fused_jobs, blog, opts.external_bytes, fused_max)
+    del jobs, fused_jobs, modules
+    model_dict = cfg.to_dict()
+    if cfg.max_patch_length is None:  # one cap every backend enforces (graphs/spec.py PATCH_CAP)
+        model_dict["max_patch_length"] = PATCH_CAP
+        blog.say(f"the model has no max_patch_length: the bundle caps patches at {PATCH_CAP} bytes")
     manifest = {"created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                "model": cfg.to_dict(), "opset": OPSET, "block_sizes": list(block_sizes),
+                "model": model_dict, "opset": OPSET, "block_sizes": list(block_sizes),
                 "special_ids": {"boe": BOE, "bos": BOS, "eos": EOS, "mask": cfg.mask_id, "pad": cfg.pad_id},
-                "patching": {"threshold": cfg.patch_threshold, "max_patch_length": cfg.max_patch_length},
+                "patching": {"threshold": cfg.patch_threshold, "max_patch_length": model_dict["max_patch_length"]},
                 "precisions": ["fp32"], "graphs": entries, "validation": validation,
-                "quantization": {}, "engines": [], "tools": _versions()}
+                "quantization": {}, "engines": [], "tools": _versions(), "hash_table": table_entry}
     _register(tmp, manifest, "fp32")
     write_manifest(tmp, manifest)
-    with blog.stage("held-out bits/byte: fp32, torch", 2 * len(heldout), "windows") as bar:
-        quality = {"fp32": {"heldout_bpb": heldout_bpb(OrtBackend(tmp, "fp32"), heldout, progress=bar.update)},
-                   "torch": {"heldout_bpb": heldout_bpb(torch_backend, heldout, progress=bar.update)}}
+    with blog.stage("held-out bits/byte: torch", len(heldout), "windows") as bar:
+        quality = {"torch": {"heldout_bpb": heldout_bpb(torch_backend, heldout, progress=bar.update)}}
+    torch_backend.close()
+    del torch_backend
+    if opts.release_model:
+        model.to("meta")  # frees the weights; ONNX Runtime needs the memory from here on
+        gc.collect()
+    with blog.stage("held-out bits/byte: fp32", len(heldout), "windows") as bar, OrtBackend(tmp, "fp32") as fp32:
+        quality["fp32"] = {"heldout_bpb": heldout_bpb(fp32, heldout, progress=bar.update)}
     add_precisions(tmp, manifest, [p for p in precisions if p != "fp32"], rec, heldout, prompts, quality, blog)
     manifest["quality"] = quality
     manifest["quality"]["heldout"] = {"windows": len(heldout), "bytes": sum(len(w) - 1 for w in heldout)}
@@ -137,23 +207,34 @@ def _build(model, tmp: Path, precisions, block_sizes, engines, heldout, fused, b
     write_manifest(tmp, manifest)
 
 
-def _export_and_validate(root: Path, cfg, jobs, blog: BuildLog) -> tuple[dict, dict]:
-    """Export every graph (standard layout, then the fused CPU layout) into fp32/, then validate each against
-    its torch module on sample inputs and on the recorded real-text calls (converted to the fused layout)."""
+def _export_and_validate(root: Path, cfg, jobs, fused_jobs, blog: BuildLog, external_bytes: int,
+                         fused_max: int) -> tuple[dict, dict]:
+    """Export and validate one graph at a time (standard layout, then the fused CPU layout) into fp32/, each
+    against its torch module on sample inputs and on the recorded real-text calls. A fused graph whose standard
+    twin holds more than `fused_max` weight bytes (BLT-1B's global model: 5.1 GB) is not written: the fused
+    backend runs the standard one for that stack, so no weight is stored twice in one precision."""
     from fastblt.export.validate import validate_graph
 
     (root / "fp32").mkdir()
-    entries, validation = {}, {}
-    with blog.stage("export: ONNX graphs", len(jobs)) as bar:
-        for key, graph, module, spec, b, _ in jobs:
-            export_graph(module, spec, cfg, root / "fp32" / f"{key}.onnx", block_size=b)
+    entries, validation, external = {}, {}, set()
+    with blog.stage("export + validation: ONNX graphs", len(jobs) + len(fused_jobs)) as bar:
+        for key, graph, module, spec, b, real in [*jobs, *fused_jobs]:
+            fused = key == fused_key(graph)
+            needs = ("encoder", "decoder_step") if graph == "draft_step" else (graph,)
+            if fused and external & set(needs):
+                blog.say(f"{key}: not written (the standard {'/'.join(needs)} graph holds its weights; "
+                         "no weight is stored twice)")
+                bar.update()
+                continue
+            path = root / "fp32" / f"{key}.onnx"
+            export_graph(module, spec, cfg, path, block_size=b, external_bytes=external_bytes)
+            if not fused and sum(f.stat().st_size for f in [path, *external_data_files(path)]) > fused_max:
+                external.add(graph)
             entries[key] = {"graph": graph, "block_size": b, "files": {}}
-            if key == fused_key(graph):
+            if fused:
                 entries[key]["layout"] = "fused"
-            bar.update()
-    with blog.stage("validation: ONNX Runtime vs torch", len(jobs)) as bar:
-        for key, _, module, spec, b, real in jobs:
-            validation[key] = validate_graph(root / "fp32" / f"{key}.onnx", module, spec, cfg, real, b)
+            validation[key] = validate_graph(path, module, spec, cfg, real, b)
+            gc.collect()
             bar.update()
     return entries, validation
 
@@ -164,7 +245,6 @@ def add_precisions(root: Path, manifest: dict, precisions, rec, heldout, prompts
     from fastblt.export.calibration import greedy_agreement, heldout_bpb
     from fastblt.runtime.backends.ort import OrtBackend
 
-    reference = OrtBackend(root, "fp32")
     for precision in precisions:
         (root / precision).mkdir(exist_ok=True)
         info = {}
@@ -177,8 +257,8 @@ def add_precisions(root: Path, manifest: dict, precisions, rec, heldout, prompts
                 bar.update()
         _register(root, manifest, precision)
         write_manifest(root, manifest)
-        backend = OrtBackend(root, precision)
-        with blog.stage(f"held-out bits/byte: {precision}", len(heldout) + len(prompts), "windows+prompts") as bar:
+        with blog.stage(f"held-out bits/byte: {precision}", len(heldout) + len(prompts), "windows+prompts") as bar, \
+                OrtBackend(root, precision) as backend, OrtBackend(root, "fp32") as reference:
             quality[precision] = {"heldout_bpb": heldout_bpb(backend, heldout, progress=bar.update),
                                   "greedy_agreement_vs_fp32": greedy_agreement(reference, backend, prompts,
                                                                                progress=bar.update)}
@@ -199,8 +279,8 @@ def quantize_bundle(bundle: Path, precisions: tuple[str, ...], log=print, bars: 
         with BuildLog(tmp / BUILD_LOG, log, bars, bundle / BUILD_LOG) as blog:
             heldout = heldout_windows(None, 256, 16)
             prompts = prompts_from(heldout, 8)
-            with blog.stage("calibration: real-text inputs", 4, "prompts") as bar:
-                rec = record(OrtBackend(tmp, "fp32"), prompts[:4], progress=bar.update)
+            with blog.stage("calibration: real-text inputs", 4, "prompts") as bar, OrtBackend(tmp, "fp32") as fp32:
+                rec = record(fp32, prompts[:4], progress=bar.update)
             quality = manifest.setdefault("quality", {})
             add_precisions(tmp, manifest, list(precisions), rec, heldout, prompts, quality, blog)
             write_manifest(tmp, manifest)
@@ -222,6 +302,77 @@ def _log_kept_on_failure(tmp: Path, log):
         raise
 
 
+HASH_TABLE_DIR = "hash_table"
+
+
+def _write_hash_table(model, root: Path, opts: BuildOptions, blog: BuildLog) -> dict:
+    """Write the model's hash n-gram tables once per bundle (hash_table/tables.<dtype>.bin, row-major,
+    plus per-row scales for int8), streamed a chunk of rows at a time and hashed as they are written."""
+    from fastblt.runtime.hash_table import array_chunks, source_chunks, write_table
+
+    cfg = model.config
+    weight = model.encoder_hash_tok_embedding.weight
+    rows, dim = cfg.n_hash_tables * cfg.hash_vocab, cfg.encoder.dim
+    dtype = opts.hash_table
+    if dtype == "auto":
+        dtype = opts.table_dtype or {"torch.bfloat16": "bfloat16", "torch.float16": "float16"}.get(
+            str(weight.dtype), "float32")
+    if opts.table_source is not None:
+        n, read = opts.table_source
+        if n != rows:
+            raise BuildError(f"the hash-table source has {n} rows; the config implies {rows}")
+        chunks = source_chunks(read, rows)
+    else:
+        chunks = array_chunks(weight.detach().float().numpy())
+    folder = root / HASH_TABLE_DIR
+    folder.mkdir()
+    data, scales = folder / f"tables.{dtype}.bin", folder / "scales.float32.bin"
+    with blog.stage(f"hash tables: {rows:,} rows × {dim} ({dtype})", 1, "file") as bar:
+        written = write_table(data, chunks, dtype, scales if dtype == "int8" else None)
+        bar.update()
+    entry = {"rows": rows, "dim": dim, "dtype": dtype,
+             "data": {"path": f"{HASH_TABLE_DIR}/{data.name}", **written["data"]}}
+    if "scales" in written:
+        entry["scales"] = {"path": f"{HASH_TABLE_DIR}/{scales.name}", **written["scales"]}
+    return entry
+
+
+def _table_of(root: Path, cfg, entry: dict):
+    from fastblt.runtime.hash_table import HashTable, TableLayout
+
+    scales = root / entry["scales"]["path"] if "scales" in entry else None
+    return HashTable.open(root / entry["data"]["path"], TableLayout(entry["rows"], entry["dim"], entry["dtype"]), scales)
+
+
+def _summary(root: Path, blog: BuildLog, seconds: float) -> None:
+    """The build's cost: wall time, peak RSS of this process, and the bundle's bytes on disk per folder."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    sizes: dict[str, int] = {}
+    for f in root.rglob("*"):
+        if f.is_file():
+            top = f.relative_to(root).parts[0] if len(f.relative_to(root).parts) > 1 else "."
+            sizes[top] = sizes.get(top, 0) + f.stat().st_size
+    parts = ", ".join(f"{k} {v / 1e9:.2f} GB" for k, v in sorted(sizes.items()))
+    blog.say(f"built in {seconds:.0f} s, peak RSS {peak / 1e9:.2f} GB; on disk {sum(sizes.values()) / 1e9:.2f} GB "
+             f"({parts})")
+
+
+@contextlib.contextmanager
+def _disk_errors(out: Path):
+    """A full disk is a clear error (the half-written temporary bundle is already removed), not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            free = shutil.disk_usage(out.parent if out.parent.exists() else Path.cwd()).free
+            raise BuildError(f"the disk filled while writing {out} ({exc.strerror}); nothing was written. Free "
+                             f"space ({free / 1e9:.1f} GB free now; docs/scale.md lists a bundle's size per "
+                             "precision) or write the bundle to a larger disk") from None
+        raise
+
+
 def _has_precision(entry: dict, precision: str) -> bool:
     return _standard(entry) or precision in FUSED_PRECISIONS
 
@@ -231,12 +382,17 @@ def _standard(entry: dict) -> bool:
 
 
 def _register(root: Path, manifest: dict, precision: str) -> None:
+    """List every graph file of `precision` with its external-data files, each with sha256 and size."""
     for key, entry in manifest["graphs"].items():
         if not _has_precision(entry, precision):
             continue
         path = root / precision / f"{key}.onnx"
-        entry["files"][precision] = {"path": f"{precision}/{key}.onnx", "sha256": sha256_file(path),
-                                     "bytes": path.stat().st_size}
+        record = {"path": f"{precision}/{key}.onnx", "sha256": sha256_file(path), "bytes": path.stat().st_size}
+        data = external_data_files(path)
+        if data:
+            record["data"] = [{"path": d.relative_to(root).as_posix(), "sha256": sha256_file(d),
+                               "bytes": d.stat().st_size} for d in data]
+        entry["files"][precision] = record
     if precision not in manifest["precisions"]:
         manifest["precisions"].append(precision)
 
@@ -262,8 +418,9 @@ def _engines(root: Path, manifest: dict, precisions, block_sizes, blog: BuildLog
             for key in keys:
                 entry = manifest["graphs"][key]
                 ranges = dim_ranges(manifest_config(manifest), entry["block_size"])
-                record = build_engine(root / entry["files"][precision]["path"], cfg_specs[entry["graph"]], ranges,
-                                      precision, root / "engines", info, root / "engines" / "timing.cache")
+                gfile = GraphFile.from_dict(entry["files"][precision], key)
+                record = build_engine(root / gfile.path, cfg_specs[entry["graph"]], ranges, precision, root / "engines",
+                                      info, root / "engines" / "timing.cache", onnx_digest=gfile.digest)
                 record["graph_key"], record["path"] = key, f"engines/{record['path']}"
                 manifest["engines"].append(record)
                 bar.update()

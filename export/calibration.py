@@ -19,20 +19,27 @@ from fastblt.runtime.session import Session
 from fastblt.runtime.unmask import UnmaskConfig
 
 
-class RecordingBackend(BackendBase):
-    """Delegates to a backend and keeps (feeds, outputs) of up to `limit` calls per graph file."""
+RECORD_BYTES = 256 << 20  # per graph file: at BLT-1B scale one global call's cache is tens of MB
 
-    def __init__(self, inner, limit: int = 64) -> None:
-        self.inner, self.limit = inner, limit
+
+class RecordingBackend(BackendBase):
+    """Delegates to a backend and keeps (feeds, outputs) of up to `limit` calls and `max_bytes` per graph file."""
+
+    def __init__(self, inner, limit: int = 64, max_bytes: int = RECORD_BYTES) -> None:
+        self.inner, self.limit, self.max_bytes = inner, limit, max_bytes
         self.name, self.config, self.specs = "recording", inner.config, inner.specs
+        self.hash_table = inner.hash_table
         self.fused_block_rows = inner.fused_block_rows  # record the calls the inner backend would get
         self.records: dict[str, list[tuple[dict, dict]]] = defaultdict(list)
+        self.bytes: dict[str, int] = defaultdict(int)
 
     def run(self, graph, feeds):
         out = self.inner.run(graph, feeds)
         key = feed_key(graph, feeds)
-        if len(self.records[key]) < self.limit:
+        size = sum(v.nbytes for v in feeds.values()) + sum(v.nbytes for v in out.values())
+        if len(self.records[key]) < self.limit and self.bytes[key] + size <= self.max_bytes:
             self.records[key].append(({k: v.copy() for k, v in feeds.items()}, {k: v.copy() for k, v in out.items()}))
+            self.bytes[key] += size
         return out
 
     def close(self) -> None:

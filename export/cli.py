@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 PRESETS = ("tiny", "default")
+SHAPES = ("blt-1b", "blt-7b")  # the public BLT shapes (graphs/presets.py), written as HF-format checkpoints
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,25 +22,72 @@ def _fail(exc: Exception) -> None:
 
 
 @main.command()
-@click.option("--out", required=True, type=click.Path(), help="Directory to write (config.json + model.safetensors).")
-@click.option("--preset", type=click.Choice(PRESETS), default="tiny", show_default=True)
-@click.option("--config", "config_path", type=click.Path(), help="A fastblt config.json instead of a preset.")
+@click.option("--out", required=True, type=click.Path(), help="Directory to write (config.json + safetensors).")
+@click.option("--preset", type=click.Choice(PRESETS + SHAPES), default="tiny", show_default=True,
+              help="tiny/default: a native fastblt checkpoint; blt-1b/blt-7b: the public shapes as an HF-format "
+                   "checkpoint (sharded, written chunk by chunk, so a 4.6 B-parameter model needs no model memory).")
+@click.option("--config", "config_path", type=click.Path(),
+              help="A fastblt config.json, or an HF BLT config.json (model_type \"blt\"), instead of a preset.")
+@click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default=None,
+              help="Stored precision [default: bf16 for blt-1b/blt-7b and HF configs, fp32 otherwise].")
+@click.option("--shard-size", default="2GiB", show_default=True,
+              help="Largest weights file, e.g. 2GB, 500MB, 2GiB; bigger models are sharded with an index (a tensor "
+                   "larger than this gets a shard of its own).")
 @click.option("--seed", type=int, default=0, show_default=True)
-def init(out, preset, config_path, seed):
+@click.option("--diffusion", is_flag=True,
+              help="A public shape with BLT-D's MASK/PAD ids and block sizes 4, 8, 16 (random init: all four modes run).")
+def init(out, preset, config_path, dtype, shard_size, seed, diffusion):
     """Write a randomly initialised model (the starting point for training, and for smoke tests)."""
     try:
         import torch
 
         from fastblt.graphs import BltConfig, save_model
         from fastblt.graphs.config import PRESETS as CONFIGS
-        from fastblt.graphs.model import BltModel
+        from fastblt.graphs.presets import init_checkpoint
 
-        cfg = BltConfig.load(config_path) if config_path else CONFIGS[preset]()
-        torch.manual_seed(seed)
-        path = save_model(BltModel(cfg), out)
+        shard_bytes = _bytes(shard_size)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, None: None}[dtype]
+        hf = _hf_config_file(config_path) if config_path else (preset if preset in SHAPES else None)
+        if hf is not None and diffusion:
+            from fastblt.graphs.presets import hf_preset, with_diffusion
+
+            hf = with_diffusion(hf_preset(hf) if isinstance(hf, str) else hf)
+        if hf is not None:
+            path = init_checkpoint(out, hf, dtype=dtype, shard_bytes=shard_bytes, seed=seed)
+        else:
+            from fastblt.graphs.model import BltModel
+
+            cfg = BltConfig.load(config_path) if config_path else CONFIGS[preset]()
+            torch.manual_seed(seed)
+            path = save_model(BltModel(cfg), out, dtype=dtype, max_shard_bytes=shard_bytes)
     except (ValueError, OSError) as exc:
         _fail(exc)
-    click.echo(f"wrote {path}")
+    files = sorted(p.name for p in Path(path).glob("*.safetensors"))
+    click.echo(f"wrote {path} ({len(files)} weights file{'s' if len(files) > 1 else ''})")
+
+
+def _hf_config_file(path: str):
+    """The HF BLT config dict in `path`, or None when it is a fastblt config."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    return data if isinstance(data, dict) and data.get("model_type") == "blt" else None
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 1 << 10, "mib": 1 << 20,
+          "gib": 1 << 30, "tib": 1 << 40}
+
+
+def _bytes(text: str) -> int:
+    """'2GB' → 2·10⁹, '2GiB' → 2·2³⁰, '1048576' → bytes (HF's max_shard_size spelling)."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).lower() not in _UNITS or float(m.group(1)) <= 0:
+        raise click.BadParameter(f"{text!r} is not a size; write e.g. 2GB, 500MB, 2GiB or a number of bytes",
+                                 param_hint="--shard-size")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -196,6 +244,31 @@ def _model_or_default(checkpoint):
     return load_model(path)
 
 
+TABLE_KEY = "encoder_hash_tok_embedding.weight"
+
+
+def _build_inputs(checkpoint, hash_table: str, **options):
+    """(model, BuildOptions) for a build. A hash table over the external-data threshold (BLT-1B: 12 GB in
+    fp32) is not loaded into the model: the build streams it from the checkpoint into the bundle's table file."""
+    import torch
+
+    from fastblt.export.bundle import BuildOptions
+    from fastblt.export.onnx_export import EXTERNAL_DATA_BYTES
+    from fastblt.graphs import default_model_path, load_model
+    from fastblt.graphs.checkpoint import checkpoint_tensor
+
+    path = Path(checkpoint) if checkpoint else default_model_path()
+    if not checkpoint and not (path / "config.json").is_file():
+        raise click.ClickException(f"no checkpoint given and no default model bundled at {path}")
+    table = checkpoint_tensor(path, TABLE_KEY)
+    stored = {torch.bfloat16: "bfloat16", torch.float16: "float16"}.get(table.dtype, "float32")
+    big = table.shape[0] * table.shape[1] * 4 > options.get("external_bytes", EXTERNAL_DATA_BYTES)
+    model = load_model(path, skip=(TABLE_KEY,) if big else ())
+    source = (table.shape[0], lambda r0, r1: table.rows(r0, r1).float().numpy()) if big else None
+    return model, BuildOptions(hash_table=hash_table, table_dtype=stored, table_source=source, release_model=True,
+                               **options)
+
+
 @main.command()
 @click.argument("checkpoint", required=False, type=click.Path())
 @click.option("--out", required=True, type=click.Path(), help="Bundle directory (written atomically).")
@@ -207,15 +280,27 @@ def _model_or_default(checkpoint):
 @click.option("--fused/--no-fused", default=True, show_default=True,
               help="Also write the fused ONNX Runtime CPU layout (GroupQueryAttention, in-place caches) for fp32 "
                    "and int8-dynamic.")
-def build(checkpoint, out, precisions, block_sizes, engines, fused):
+@click.option("--hash-table", type=click.Choice(["auto", "float32", "bfloat16", "float16", "int8"]), default="auto",
+              show_default=True, help="Storage of the bundle's hash n-gram table file (auto: the checkpoint's dtype; "
+                                      "int8: one fp32 scale per row).")
+@click.option("--external-data-mb", type=int, default=1024, show_default=True,
+              help="Graphs with more weights than this keep them in external data (<graph>.onnx.data).")
+@click.option("--heldout-windows", type=int, default=16, show_default=True,
+              help="256-byte held-out windows each precision's bits/byte is measured on.")
+@click.option("--calibration-prompts", type=int, default=4, show_default=True,
+              help="Prompts generated in every mode to record each graph's real inputs.")
+def build(checkpoint, out, precisions, block_sizes, engines, fused, hash_table, external_data_mb, heldout_windows,
+          calibration_prompts):
     """Export CHECKPOINT (default: the bundled model) to a validated, quantized bundle."""
     try:
         from fastblt.export.bundle import build_bundle
 
-        model = _model_or_default(checkpoint)
+        model, options = _build_inputs(checkpoint, hash_table, external_bytes=external_data_mb << 20,
+                                       heldout_windows=heldout_windows, calibration_prompts=calibration_prompts)
         sizes = _ints(block_sizes) if block_sizes else None
         path = build_bundle(model, Path(out), tuple(p.strip() for p in precisions.split(",") if p.strip()), sizes,
-                            engines, log=_say, fused=fused, bars=_bars())
+                            engines, log=_say, fused=fused, bars=_bars(), options=options)
+        del model
     except (ValueError, OSError, RuntimeError) as exc:
         _fail(exc)
     _print_bundle(path)
@@ -231,9 +316,10 @@ def onnx(checkpoint, out, block_sizes, fused):
     try:
         from fastblt.export.bundle import build_bundle
 
+        model, options = _build_inputs(checkpoint, "auto")
         sizes = _ints(block_sizes) if block_sizes else None
-        path = build_bundle(_model_or_default(checkpoint), Path(out), ("fp32",), sizes, "no",
-                            log=_say, fused=fused, bars=_bars())
+        path = build_bundle(model, Path(out), ("fp32",), sizes, "no", log=_say, fused=fused, bars=_bars(),
+                            options=options)
     except (ValueError, OSError, RuntimeError) as exc:
         _fail(exc)
     _print_bundle(path)
@@ -280,7 +366,13 @@ def check(bundle, polygraphy, checkpoint):
         from fastblt.runtime.generator import Generator
         from fastblt.runtime.manifest import Manifest
 
+        import time
+
         manifest = Manifest.load(bundle)
+        t0 = time.perf_counter()
+        hashed = manifest.verify_all()
+        click.echo(f"sha256 of every listed file verified ({len(manifest.listed_files())} files, {hashed / 1e9:.2f} GB "
+                   f"in {time.perf_counter() - t0:.1f} s)")
         for precision in manifest.precisions:
             with Generator(OrtBackend(manifest, precision)) as gen:
                 result = gen.generate("def main():", max_new_bytes=16)
@@ -372,28 +464,32 @@ def export_hf(checkpoint, out, keep_special_rows, no_max_patch_length):
 
 
 @main.command()
-@click.argument("checkpoint", type=click.Path())
+@click.argument("checkpoint", required=False, type=click.Path())
+@click.option("--preset", type=click.Choice(PRESETS + SHAPES), default=None,
+              help="Describe a preset's shape instead of a checkpoint.")
 @click.option("--json", "as_json", is_flag=True)
-def inspect(checkpoint, as_json):
-    """Print a checkpoint's (or a bundle's) config and parameter counts per component (no torch needed)."""
-    from fastblt.graphs import read_config
-    from fastblt.graphs.params import param_counts
-
-    if (Path(checkpoint) / "manifest.json").is_file():
+def inspect(checkpoint, preset, as_json):
+    """Print a checkpoint's (or a bundle's, or a preset's) config, tensor shapes, parameter counts per component
+    and size per precision, from config.json and the safetensors headers only: no weight is read, no torch needed."""
+    if (checkpoint is None) == (preset is None):
+        raise click.UsageError("give a CHECKPOINT directory or --preset NAME (one of them)")
+    if checkpoint and (Path(checkpoint) / "manifest.json").is_file():
         try:
             _print_bundle(Path(checkpoint))
         except ValueError as exc:
             _fail(exc)
         return
     try:
-        cfg, kind = read_config(Path(checkpoint))
+        report = _inspect_report(checkpoint, preset)
     except ValueError as exc:
         _fail(exc)
-    counts = param_counts(cfg)
     if as_json:
-        click.echo(json.dumps({"kind": kind, "config": cfg.to_dict(), "params": counts}, indent=2))
+        click.echo(json.dumps(report, indent=2))
         return
-    click.echo(f"{checkpoint} ({kind} checkpoint)")
+    from fastblt.graphs import BltConfig
+
+    cfg = BltConfig.from_dict(report["config"])
+    click.echo(f"{checkpoint or 'preset ' + preset} ({report['kind']}{' checkpoint' if checkpoint else ''})")
     for name in ("patcher", "encoder", "global_transformer", "decoder"):
         c = getattr(cfg, name)
         click.echo(f"  {name:18s} dim {c.dim:5d}  layers {c.n_layers:2d}  heads {c.n_heads:2d}/{c.kv_heads:<2d} "
@@ -401,8 +497,89 @@ def inspect(checkpoint, as_json):
     click.echo(f"  patching           θ={cfg.patch_threshold:.4f} nats, max patch length {cfg.max_patch_length}, "
                f"k={cfg.cross_attn_k}")
     click.echo(f"  diffusion          block sizes {list(cfg.block_sizes) or 'none (AR/BLT-S only)'}")
-    for name, n in counts.items():
+    rows, dim = report["hash_table_shape"]
+    click.echo(f"  hash tables        {cfg.n_hash_tables} × {cfg.hash_vocab:,} rows = [{rows:,}, {dim}]")
+    for name, n in report["params"].items():
         click.echo(f"  params {name:16s} {n:>14,d}")
+    click.echo(f"  params {'total':16s} {report['total_params']:>14,d}  (from {report['params_from']})")
+    click.echo(f"  {'bytes':18s} {'whole model':>12s} {'hash tables':>12s} {'rest':>12s}")
+    for precision, b in report["bytes"].items():
+        click.echo(f"  {precision:18s} {_gib(b['total']):>12s} {_gib(b['hash_tables']):>12s} {_gib(b['rest']):>12s}")
+    weights = report.get("weights")
+    if weights:
+        dtypes = ", ".join(f"{k} {v:,}" for k, v in weights["params_by_dtype"].items())
+        click.echo(f"  stored             {len(weights['files'])} file(s), {_gib(weights['bytes'])}, "
+                   f"{weights['tensors']} tensors ({dtypes} parameters)")
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.2f} GiB" if n >= 1 << 28 else f"{n / (1 << 20):.2f} MiB"
+
+
+# tensor-name prefix → the component params.param_counts counts it in
+COMPONENTS = {"patcher": "patcher", "local_encoder": "encoder", "encoder_hash_tok_embedding": "hash_embeddings",
+              "global_transformer": "global", "local_decoder": "decoder", "lm_head": "decoder"}
+PRECISION_BYTES = {"fp32": 4.0, "bf16/fp16": 2.0, "int8": 1.0, "int4": 0.5}  # weights only, no scales
+
+
+def _inspect_report(checkpoint: str | None, preset: str | None) -> dict:
+    """Everything `inspect` prints, as JSON-able data; reads config.json and safetensors headers, no weights."""
+    import math
+
+    from fastblt.graphs import read_config
+    from fastblt.graphs.checkpoint import DTYPE_BYTES, WEIGHTS_FILE, CheckpointError, checkpoint_index
+    from fastblt.graphs.config import PRESETS as CONFIGS
+    from fastblt.graphs.params import param_counts
+
+    weights = None
+    if preset is not None:
+        if preset in SHAPES:
+            from fastblt.graphs.presets import preset_config
+
+            cfg, kind = preset_config(preset), "hf preset"
+        else:
+            cfg, kind = CONFIGS[preset](), "native preset"
+    else:
+        cfg, kind = read_config(Path(checkpoint))
+        try:
+            index = checkpoint_index(checkpoint)
+        except CheckpointError as exc:
+            if f"missing {WEIGHTS_FILE}" not in str(exc):
+                raise
+            index = None  # a config-only directory: sizes come from the config
+        if index is not None:
+            counts = dict.fromkeys(param_counts(cfg), 0)
+            by_dtype: dict[str, int] = {}
+            for name, (_, dtype, shape) in index.items():
+                n = math.prod(shape)
+                part = COMPONENTS.get(name.split(".")[0], "other")
+                counts[part] = counts.get(part, 0) + n
+                by_dtype[dtype] = by_dtype.get(dtype, 0) + n
+            weights = {
+                "files": sorted({Path(f).name for f, _, _ in index.values()}),
+                "tensors": len(index),
+                "bytes": sum(math.prod(s) * DTYPE_BYTES[d] for _, d, s in index.values()),
+                "params_by_dtype": by_dtype,
+                "shapes": {name: list(shape) for name, (_, _, shape) in index.items()},
+                "dtypes": {name: dtype for name, (_, dtype, _) in index.items()},
+            }
+    if weights is None:
+        counts = param_counts(cfg)
+    total = sum(counts.values())
+    hashed = counts.get("hash_embeddings", 0)
+    return {
+        "kind": kind,
+        "config": cfg.to_dict(),
+        "params": counts,
+        "params_from": "safetensors headers" if weights else "config",
+        "total_params": total,
+        "hash_table_params": hashed,
+        "other_params": total - hashed,
+        "hash_table_shape": [cfg.n_hash_tables * cfg.hash_vocab, cfg.encoder.dim],
+        "bytes": {p: {"total": math.ceil(total * b), "hash_tables": math.ceil(hashed * b),
+                      "rest": math.ceil((total - hashed) * b)} for p, b in PRECISION_BYTES.items()},
+        "weights": weights,
+    }
 
 
 if __name__ == "__main__":

@@ -225,6 +225,9 @@ class TorchCudaBackend(BackendBase):
 
         self.torch, self.device = torch, torch.device(device)
         self.name = f"torch-{self.device.type}"
+        from fastblt.runtime.backends.torch_ref import model_hash_table
+
+        self.hash_table = model_hash_table(model)  # host-side, as on every backend
         self.model = model.eval().to(self.device)
         self.config = model.config
         self.specs = graph_specs(self.config)

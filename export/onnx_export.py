@@ -14,6 +14,9 @@ import numpy as np
 from fastblt.graphs.spec import GraphSpec
 
 OPSET = 18
+# Graphs whose weights pass this many bytes keep them in external data (`<file>.data`); protobuf cannot hold
+# more than 2 GiB and the torch exporter externalizes from 1.5 GiB on by itself (bundle setting; tests force 0).
+EXTERNAL_DATA_BYTES = 1 << 30
 EXAMPLE = {"b": 1, "t": 3, "P": 2, "L": 3, "T": 5, "C": 16}
 
 
@@ -44,9 +47,6 @@ def sample_feeds(spec: GraphSpec, cfg, sizes: dict[str, int], seed: int = 0) -> 
         name = ts.name
         if name == "ids":
             feeds[name] = rng.integers(4, 260, shape, dtype=np.int64)
-        elif name == "hash_ids":
-            tables = np.arange(shape[-1]) * cfg.hash_vocab
-            feeds[name] = rng.integers(0, cfg.hash_vocab, shape, dtype=np.int64) + tables
         elif name in ("positions", "patch_positions"):
             feeds[name] = np.broadcast_to(np.arange(past, past + shape[1], dtype=np.int64), shape).copy()
         elif name.endswith("past_length"):  # fused layout: filled cache slots (the cache buffer holds C ≥ T + t)
@@ -92,8 +92,9 @@ def _dynamic_shapes(spec: GraphSpec, block_size: int | None):
 
 
 def export_graph(module, spec: GraphSpec, cfg, path: Path, block_size: int | None = None,
-                 opset: int = OPSET) -> Path:
-    """Export one graph module to `path` (a single file; weights inline) and check it."""
+                 opset: int = OPSET, external_bytes: int = EXTERNAL_DATA_BYTES) -> Path:
+    """Export one graph module to `path` and check it (by path, so graphs over protobuf's 2 GiB limit check too).
+    Weights stay inline below `external_bytes` of initializers, else they go to `<name>.onnx.data` beside it."""
     import onnx
     import torch
 
@@ -108,12 +109,39 @@ def export_graph(module, spec: GraphSpec, cfg, path: Path, block_size: int | Non
             module, args, dynamo=True, opset_version=opset, input_names=list(spec.input_names),
             output_names=list(spec.output_names), dynamic_shapes=_dynamic_shapes(spec, block_size),
             external_data=False, optimize=True, verbose=False)
-        program.save(str(path), external_data=False)
+        external = _initializer_bytes(program) > external_bytes
+        data = path.with_name(path.name + ".data")
+        data.unlink(missing_ok=True)  # never append to a stale data file
+        program.save(str(path), external_data=external)
+        del program
     except Exception as exc:  # the exporter raises many types; one clear message names the graph
         raise ExportError(f"exporting graph {spec.name!r} failed: {type(exc).__name__}: {str(exc)[:2000]}") from exc
-    model = onnx.load(str(path))
     try:
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"{path}: onnx.checker rejected graph {spec.name!r}: {exc}") from None
     return path
+
+
+def _initializer_bytes(program) -> int:
+    """Bytes of the exported graph's weights (its initializers), read from the IR without serializing it."""
+    total = 0
+    for value in program.model.graph.initializers.values():
+        tensor = value.const_value
+        total += getattr(tensor, "nbytes", 0) if tensor is not None else 0
+    return total
+
+
+def external_data_files(path: Path) -> list[Path]:
+    """The external-data files an ONNX file references (read from its proto, without loading the data)."""
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    model = onnx.load(str(path), load_external_data=False)
+    names: list[str] = []
+    for tensor in _get_all_tensors(model):
+        if uses_external_data(tensor):
+            location = next(e.value for e in tensor.external_data if e.key == "location")
+            if location not in names:
+                names.append(location)
+    return [path.parent / n for n in names]

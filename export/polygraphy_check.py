@@ -113,6 +113,6 @@ def _fp32_engines(manifest) -> dict[str, Path]:
         return {}
     out = {}
     for r in records:
-        check_engine(r.to_dict(), info, manifest.file_entry(r.graph_key, "fp32").sha256)
+        check_engine(r.to_dict(), info, manifest.file_entry(r.graph_key, "fp32").digest)
         out[r.graph_key] = manifest.root / r.path
     return out

@@ -46,7 +46,7 @@ def _weight_matmuls(path: Path) -> list[str]:
     matrix is no weight either: it stays exact in float (quantizing it would only add error to q and k)."""
     import onnx
 
-    model = onnx.load(str(path))
+    model = onnx.load(str(path), load_external_data=False)  # names only: a big graph's weights stay on disk
     consts = {i.name for i in model.graph.initializer}
     consts |= {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
     return [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm")
@@ -61,14 +61,36 @@ class _Reader:
         return next(self.it, None)
 
 
+def _external(src: Path) -> bool:
+    from fastblt.export.onnx_export import external_data_files
+
+    return bool(external_data_files(src))
+
+
+def _copy_graph(src: Path, dst: Path) -> None:
+    """Copy an ONNX file with its external-data files (same names, so its locations still resolve)."""
+    from fastblt.export.onnx_export import external_data_files
+
+    for data in external_data_files(src):
+        shutil.copyfile(data, dst.parent / data.name)
+    shutil.copyfile(src, dst)
+
+
+def _clear_data(dst: Path) -> None:
+    """ONNX's external-data writer appends to an existing file: start from none."""
+    dst.with_name(dst.name + ".data").unlink(missing_ok=True)
+
+
 def quantize_ort_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) -> dict:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     nodes = _weight_matmuls(src)
     if not nodes:
-        shutil.copyfile(src, dst)
+        _copy_graph(src, dst)
         return {"tool": "none (no weight MatMul)", "quantized_nodes": 0}
+    _clear_data(dst)
     quantize_static(str(src), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
+                    use_external_data_format=_external(src),
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
                     calibrate_method=CalibrationMethod.MinMax,
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
@@ -81,14 +103,17 @@ def quantize_ort_dynamic(src: Path, dst: Path) -> dict:
 
     nodes = _weight_matmuls(src)
     if not nodes:
-        shutil.copyfile(src, dst)
+        _copy_graph(src, dst)
         return {"tool": "none (no weight MatMul)", "quantized_nodes": 0}
     config = DefaultWeightOnlyQuantConfig(block_size=BLOCK, is_symmetric=True, accuracy_level=4, bits=8)
     model = onnx.load(str(src))
     others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in nodes]
     quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=others, algo_config=config)  # (include only adds)
     quantizer.process()
-    quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
+    _clear_data(dst)
+    # external data when the source had it: 8-bit weights of a 5 GB graph are still over protobuf's 2 GiB
+    quantizer.model.save_model_to_file(str(dst), use_external_data_format=_external(src))
+    del quantizer, model
     return {"tool": "onnxruntime MatMulNBitsQuantizer", "bits": 8, "block_size": BLOCK, "accuracy_level": 4,
             "quantized_nodes": len(nodes)}
 
@@ -100,11 +125,14 @@ def quantize_modelopt(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], 
 
     # ModelOpt calibrates on one batch per input; use the largest recorded call (most rows of real text)
     best = max(feeds, key=lambda f: max(v.size for v in f.values()))
-    with tempfile.TemporaryDirectory() as tmp:  # ModelOpt rewrites its input file in place: give it a copy
+    external = _external(src)
+    with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:  # ModelOpt rewrites its input in place: a copy
         work = Path(tmp) / src.name
-        shutil.copyfile(src, work)
+        _copy_graph(src, work)
+        _clear_data(dst)
         quantize(onnx_path=str(work), quantize_mode=mode, calibration_data=best, calibration_method="max",
-                 calibration_eps=["cpu"], high_precision_dtype="fp32", output_path=str(dst))
+                 calibration_eps=["cpu"], high_precision_dtype="fp32", output_path=str(dst),
+                 use_external_data_format=external)
     return {"tool": "nvidia-modelopt", "mode": mode, "calibration": "max"}
 
 

@@ -95,7 +95,7 @@ def _profile(builder, spec: GraphSpec, ranges: dict, where: str):
 
 def build_engine(onnx_path: str | Path, spec: GraphSpec, ranges: dict, precision: str, out_dir: str | Path,
                  info: DeviceInfo, timing_cache_path: str | Path | None = None, opt_level: int | None = None,
-                 workspace_bytes: int | None = None) -> dict:
+                 workspace_bytes: int | None = None, onnx_digest: str | None = None) -> dict:
     """Build and write `<out_dir>/<key>.plan` for one graph; returns its engine record for the manifest.
 
     `opt_level` is TensorRT's builder optimization level (0-5, default 3: lower builds faster, runs slower);
@@ -114,7 +114,7 @@ def build_engine(onnx_path: str | Path, spec: GraphSpec, ranges: dict, precision
         key_name = graph_key(spec.name, low)
     else:
         key_name = graph_key(spec.name)
-    onnx_sha = sha256_file(onnx_path)
+    onnx_sha = onnx_digest or sha256_file(onnx_path)  # the manifest's digest covers external weights too
 
     logger = shared_logger(trt)
     builder = create(trt, "Builder")

@@ -88,7 +88,12 @@ def validate_graph(path: Path, module, spec, cfg, real: list[tuple[dict, dict]],
     """
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    from fastblt.export.onnx_export import external_data_files
+
+    opts = ort.SessionOptions()
+    if sum(f.stat().st_size for f in [path, *external_data_files(path)]) > 64 << 20:
+        opts.add_session_config_entry("session.disable_prepacking", "1")  # no second copy of a big graph
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     feeds = []
     for sizes in SAMPLE_SIZES:
         sizes = dict(sizes, B=block_size) if block_size else sizes

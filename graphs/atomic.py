@@ -26,11 +26,26 @@ def atomic_dir(dest: str | Path, *, start_from_existing: bool = False) -> Iterat
     try:
         if start_from_existing:
             tmp.rmdir()
-            shutil.copytree(dest, tmp)
+            shutil.copytree(dest, tmp, copy_function=_link_or_copy)
         yield tmp
         _swap_in(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+LINK_BYTES = 1 << 20
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """Large files (weights, tables, engines: written once, never edited in place) are hard-linked, so adding a
+    precision to a 10 GB bundle does not copy it; small files (manifest, logs) are copied."""
+    if os.path.getsize(src) >= LINK_BYTES:
+        try:
+            os.link(src, dst)
+            return
+        except OSError:  # another file system, or links not allowed: copy
+            pass
+    shutil.copy2(src, dst)
 
 
 def _swap_in(tmp: Path, dest: Path) -> None:

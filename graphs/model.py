@@ -87,13 +87,24 @@ class BltModel(nn.Module):
     def patcher_step(self, ids, positions, past_k, past_v):
         return self.patcher.step(ids, positions, past_k, past_v)
 
-    def encoder_step(self, ids, hash_ids, positions, past_k, past_v):
+    def encoder_step(self, ids, hash_embeds, positions, past_k, past_v):
         enc = self.local_encoder
-        x = self.encoder_embed(ids, hash_ids)
+        x = self.encoder_embed(ids, hash_embeds)
         return enc.run(x, positions, _stack_bias(enc.cfg, positions, past_k.shape[3]), past_k, past_v)
 
-    def encoder_embed(self, ids, hash_ids):
-        return self.local_encoder.embed_tokens(ids) + self.encoder_hash_tok_embedding(hash_ids).sum(dim=-2)
+    def encoder_embed(self, ids, hash_embeds):
+        """Byte embedding + the byte's summed hash n-gram rows. The sum comes in as an input: the tables (3 B
+        parameters at BLT-1B scale) never sit inside a graph; the runtime gathers them on the host."""
+        return self.local_encoder.embed_tokens(ids) + hash_embeds
+
+    def hash_embeds(self, hash_ids):
+        """Sum of the hash-table rows [..., G] → [..., D], added left to right in float32, the order the
+        runtime's host-side lookup (runtime/hash_table.py) uses, so both are bit-identical."""
+        table = self.encoder_hash_tok_embedding
+        acc = table(hash_ids[..., 0]).float()
+        for g in range(1, hash_ids.shape[-1]):
+            acc = acc + table(hash_ids[..., g]).float()
+        return acc.to(table.weight.dtype)
 
     def global_step(self, patch_states, patch_mask, patch_positions, past_k, past_v):
         """Patches [b,P,L,D] (bytes padded, mask true on real bytes) → decoder memory [b,P,k,D]."""
@@ -193,7 +204,7 @@ class BltModel(nn.Module):
         starts = self.patch_starts(entropies)
         e = torch.cumsum(starts[:, :n].long(), dim=1) - 1
         d = torch.cumsum(starts[:, 1:].long(), dim=1) - 1
-        states, enc_k, enc_v = self.encoder_step(ids, self.hash_ids(ids), pos,
+        states, enc_k, enc_v = self.encoder_step(ids, self.hash_embeds(self.hash_ids(ids)), pos,
                                                  *self.local_encoder.empty_cache(b, like))
         patch_states, patch_mask, n_patches = pad_patches(states, starts, e)
         p = patch_states.shape[1]

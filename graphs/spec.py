@@ -2,7 +2,7 @@
 
 Export, validation, engine build and every runtime backend read these, so a graph's interface is written
 down exactly once. Symbolic dims: b batch, t new tokens, T cached tokens, P patches, L bytes per patch,
-B block size, G hash tables, D local width, K cross_attn_k slots, V vocab, and per stack n layers, h kv
+B block size, D local width, K cross_attn_k slots, V vocab, and per stack n layers, h kv
 heads, d head dim.
 """
 
@@ -44,7 +44,7 @@ def _cache(cfg: TransformerConfig, prefix: str, length: str) -> tuple[TensorSpec
 
 
 def graph_specs(cfg: BltConfig) -> dict[str, GraphSpec]:
-    d, k, v, g = cfg.encoder.dim, cfg.cross_attn_k, cfg.vocab_size, cfg.n_hash_tables
+    d, k, v = cfg.encoder.dim, cfg.cross_attn_k, cfg.vocab_size
     ids = TensorSpec("ids", "int64", ("b", "t"))
     pos = TensorSpec("positions", "int64", ("b", "t"))
     return {
@@ -56,7 +56,7 @@ def graph_specs(cfg: BltConfig) -> dict[str, GraphSpec]:
         ),
         "encoder": GraphSpec(
             "encoder",
-            (ids, TensorSpec("hash_ids", "int64", ("b", "t", g)), pos, *_cache(cfg.encoder, "past", "T")),
+            (ids, TensorSpec("hash_embeds", "float32", ("b", "t", d)), pos, *_cache(cfg.encoder, "past", "T")),
             (TensorSpec("states", "float32", ("b", "t", d)), *_cache(cfg.encoder, "new", "t")),
             "encoder",
         ),
@@ -139,6 +139,12 @@ def fused_graph_specs(cfg: BltConfig) -> dict[str, GraphSpec]:
     return out
 
 
+# A model without max_patch_length (HF's BLT-1B config) could close a patch of any length; a bundle records this
+# cap in its model config instead, so every backend closes a patch at the same byte and the TensorRT profile's
+# patch-length axis covers every patch (docs/scale.md: what it changes against HF).
+PATCH_CAP = 128
+
+
 def dim_ranges(cfg: BltConfig, block_size: int | None = None) -> dict[str, tuple[int, int, int]]:
     """(min, opt, max) of every symbolic dim, shared by export (dynamic shapes), validation (sample sizes)
     and TensorRT optimization profiles. "T" is the cache length of the graph's own stack."""
@@ -147,7 +153,7 @@ def dim_ranges(cfg: BltConfig, block_size: int | None = None) -> dict[str, tuple
             return (0, 256, sub.max_positions)
         return (0, sub.window - 1, sub.window - 1 + ROLLBACK_SLACK)
 
-    longest = cfg.max_patch_length or 64
+    longest = cfg.max_patch_length or PATCH_CAP
     ranges = {
         "b": (1, 1, 1),
         "t": (1, 1, MAX_CHUNK),

@@ -20,10 +20,14 @@ from fastblt.graphs.config import BltConfig, ConfigError
 from fastblt.graphs.spec import GraphSpec, fused_graph_specs, graph_specs
 
 FORMAT = "fastblt-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: hash tables in one host-side file (encoder input hash_embeds), external data listed
 MANIFEST = "manifest.json"
 LAYOUTS = ("standard", "fused")  # fused: the ONNX Runtime CPU layout (graphs/incremental/fused.py)
 REBUILD_HINT = "rebuild the bundle with `blt-export build`"
+# At load, files up to this size are checked by sha256 and larger ones by size: hashing runs at ~1 GB/s here
+# (docs/scale.md), so a 10 GB bundle would spend ~10 s per load on it. `blt-export check` hashes everything.
+VERIFY_HASH_MAX = 256 << 20
+VERIFY_MODES = ("auto", "full", "size")
 
 
 class BundleError(ValueError):
@@ -59,27 +63,123 @@ def _no_unknown(data: dict, known: tuple[str, ...], where: str) -> None:
                           "another fastblt: upgrade fastblt or rebuild the bundle")
 
 
+def resolve_inside(root: Path, rel: str, where: str) -> Path:
+    """`root / rel`, refused unless it stays inside the bundle (no absolute path, no `..`, no symlink out)."""
+    if not rel or Path(rel).is_absolute() or ".." in Path(rel).parts or "\\" in rel:
+        raise BundleError(f"{where}: path {rel!r} must be relative and inside the bundle; {REBUILD_HINT}")
+    path = root / rel
+    try:
+        inside = path.resolve().is_relative_to(root.resolve())
+    except OSError:
+        inside = False
+    if not inside:
+        raise BundleError(f"{where}: path {rel!r} resolves outside the bundle {root}; {REBUILD_HINT}")
+    return path
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A file a graph or the hash table reads (ONNX external data, table rows, scales): path, sha256, size."""
+
+    path: str
+    sha256: str
+    bytes: int
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> DataFile:
+        if not isinstance(data, dict):
+            raise BundleError(f"{where}: must be an object with path, sha256 and bytes; {REBUILD_HINT}")
+        _no_unknown(data, ("path", "sha256", "bytes"), where)
+        return cls(_get(data, "path", str, where), _get(data, "sha256", str, where), _get(data, "bytes", int, where))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "sha256": self.sha256, "bytes": self.bytes}
+
+
 @dataclass(frozen=True)
 class GraphFile:
-    """One graph's ONNX file in one precision, relative to the bundle root."""
+    """One graph's ONNX file in one precision, relative to the bundle root, and its external-data files."""
 
     path: str
     sha256: str
     bytes: int | None = None
+    data: tuple[DataFile, ...] = ()
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> GraphFile:
         if not isinstance(data, dict):
             raise BundleError(f"{where}: must be an object with path and sha256; {REBUILD_HINT}")
-        _no_unknown(data, ("path", "sha256", "bytes"), where)
+        _no_unknown(data, ("path", "sha256", "bytes", "data"), where)
+        files = _get(data, "data", list, where, [])
         return cls(_get(data, "path", str, where), _get(data, "sha256", str, where),
-                   _get(data, "bytes", int, where, None))
+                   _get(data, "bytes", int, where, None),
+                   tuple(DataFile.from_dict(f, f"{where}.data[{i}]") for i, f in enumerate(files)))
+
+    @property
+    def digest(self) -> str:
+        """What identifies the graph's weights and structure together (engine keys): the .onnx file's sha256
+        alone when it holds its weights, else a sha256 over the .onnx's and every data file's sha256."""
+        if not self.data:
+            return self.sha256
+        blob = json.dumps([self.sha256, *[(d.path, d.sha256) for d in self.data]])
+        return hashlib.sha256(blob.encode()).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"path": self.path, "sha256": self.sha256}
         if self.bytes is not None:
             out["bytes"] = self.bytes
+        if self.data:
+            out["data"] = [d.to_dict() for d in self.data]
         return out
+
+    @property
+    def all_files(self) -> tuple[DataFile, ...]:
+        return (DataFile(self.path, self.sha256, self.bytes if self.bytes is not None else -1), *self.data)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(max(f.bytes, 0) for f in self.all_files)
+
+
+TABLE_FIELDS = ("rows", "dim", "dtype", "data", "scales")
+
+
+@dataclass(frozen=True)
+class HashTableEntry:
+    """The bundle's one hash n-gram table file (all tables stacked, row-major) and, for int8, its scales."""
+
+    rows: int
+    dim: int
+    dtype: str
+    data: DataFile
+    scales: DataFile | None = None
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> HashTableEntry:
+        from fastblt.runtime.hash_table import TABLE_DTYPES
+
+        if not isinstance(data, dict):
+            raise BundleError(f"{where}: must be an object with rows, dim, dtype and data; {REBUILD_HINT}")
+        _no_unknown(data, TABLE_FIELDS, where)
+        dtype = _get(data, "dtype", str, where)
+        if dtype not in TABLE_DTYPES:
+            raise BundleError(f"{where}: dtype {dtype!r} must be one of {list(TABLE_DTYPES)}; {REBUILD_HINT}")
+        scales = _get(data, "scales", dict, where, None)
+        if dtype == "int8" and scales is None:
+            raise BundleError(f"{where}: an int8 table needs field 'scales'; {REBUILD_HINT}")
+        return cls(_get(data, "rows", int, where), _get(data, "dim", int, where), dtype,
+                   DataFile.from_dict(_get(data, "data", dict, where), f"{where}.data"),
+                   DataFile.from_dict(scales, f"{where}.scales") if scales is not None else None)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"rows": self.rows, "dim": self.dim, "dtype": self.dtype, "data": self.data.to_dict()}
+        if self.scales is not None:
+            out["scales"] = self.scales.to_dict()
+        return out
+
+    @property
+    def files(self) -> tuple[DataFile, ...]:
+        return (self.data,) if self.scales is None else (self.data, self.scales)
 
 
 @dataclass(frozen=True)
@@ -172,6 +272,7 @@ class Manifest:
     engines: tuple[EngineEntry, ...] = ()
     tools: dict[str, str] = field(default_factory=dict)
     quality: dict[str, Any] = field(default_factory=dict)
+    hash_table: HashTableEntry | None = None
 
     @classmethod
     def load(cls, bundle: str | Path) -> Manifest:
@@ -221,6 +322,8 @@ class Manifest:
             quantization=_get(data, "quantization", dict, where, {}),
             engines=tuple(EngineEntry.from_dict(e, f"{where}: engines[{i}]") for i, e in enumerate(engines)),
             tools=_get(data, "tools", dict, where, {}), quality=_get(data, "quality", dict, where, {}),
+            hash_table=HashTableEntry.from_dict(data["hash_table"], f"{where}: hash_table")
+            if data.get("hash_table") is not None else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -231,14 +334,16 @@ class Manifest:
                                "graphs": {k: e.to_dict() for k, e in self.graphs.items()},
                                "validation": self.validation, "quantization": self.quantization,
                                "engines": [e.to_dict() for e in self.engines], "tools": self.tools,
-                               "quality": self.quality}
+                               "quality": self.quality,
+                               "hash_table": self.hash_table.to_dict() if self.hash_table else None}
         return {k: v for k, v in out.items() if v is not None}
 
     def write(self, root: str | Path | None = None) -> Path:
+        from fastblt.graphs.atomic import atomic_file
+
         path = Path(self.root if root is None else root) / MANIFEST
         body = {"format": FORMAT, "format_version": FORMAT_VERSION, **self.to_dict()}
-        path.write_text(json.dumps(body, indent=2) + "\n")
-        return path
+        return atomic_file(path, json.dumps(body, indent=2) + "\n")  # a new file: never writes through a link
 
     @property
     def config(self) -> BltConfig:
@@ -267,16 +372,68 @@ class Manifest:
                               f"rebuild with `blt-export build --precision {precision}`")
         return files[precision]
 
-    def graph_file(self, key: str, precision: str = "fp32", verify: bool = True) -> Path:
-        """Path of a graph's ONNX file, after checking it exists and its sha256 matches the manifest."""
+    def graph_file(self, key: str, precision: str = "fp32", verify: bool | str = True) -> Path:
+        """Path of a graph's ONNX file, after checking it and its external-data files against the manifest
+        (`verify`: True/"auto" = sha256 up to VERIFY_HASH_MAX bytes, size above; "full"; "size"; False)."""
         entry = self.file_entry(key, precision)
-        path = self.root / entry.path
+        where = f"{self.root / MANIFEST}: graphs.{key}.files.{precision}"
+        for f in entry.all_files:
+            self.verify_file(f, where, "auto" if verify is True else verify)
+        return resolve_inside(self.root, entry.path, where)
+
+    def verify_file(self, f: DataFile, where: str, mode: str | bool = "auto") -> Path:
+        """One listed file: inside the bundle, present, of its recorded size, and (by `mode`) of its sha256."""
+        path = resolve_inside(self.root, f.path, where)
         if not path.is_file():
             raise BundleError(f"{path}: missing from the bundle (listed in {MANIFEST}); rebuild the bundle")
-        if verify and sha256_file(path) != entry.sha256:
-            raise BundleError(f"{path}: sha256 does not match {MANIFEST} (the file was altered or truncated); "
-                              "rebuild the bundle")
+        if mode is False:
+            return path
+        if mode not in VERIFY_MODES:
+            raise ValueError(f"verify mode {mode!r}; valid modes are {list(VERIFY_MODES)}")
+        size = path.stat().st_size
+        if f.bytes >= 0 and size != f.bytes:
+            raise BundleError(f"{path}: {size} bytes, {MANIFEST} lists {f.bytes} (the file was truncated or "
+                              "replaced); rebuild the bundle")
+        if mode == "full" or (mode == "auto" and size <= VERIFY_HASH_MAX):
+            if sha256_file(path) != f.sha256:
+                raise BundleError(f"{path}: sha256 does not match {MANIFEST} (the file was altered or truncated); "
+                                  "rebuild the bundle")
         return path
+
+    def listed_files(self) -> list[tuple[str, DataFile]]:
+        """(where, file) for every file the manifest lists: graphs with their data, the hash table, engines."""
+        out = []
+        for key, entry in self.graphs.items():
+            for precision, gf in entry.files.items():
+                out += [(f"graphs.{key}.files.{precision}", f) for f in gf.all_files]
+        if self.hash_table is not None:
+            out += [("hash_table", f) for f in self.hash_table.files]
+        out += [(f"engines[{i}]", DataFile(e.path, e.sha256, -1)) for i, e in enumerate(self.engines) if e.sha256]
+        return out
+
+    def verify_all(self, progress=None) -> int:
+        """sha256 of every listed file (`blt-export check`); returns the bytes hashed."""
+        total = 0
+        for where, f in self.listed_files():
+            path = self.verify_file(f, f"{self.root / MANIFEST}: {where}", "full")
+            total += path.stat().st_size
+            if progress is not None:
+                progress(f.path)
+        return total
+
+    def open_hash_table(self, verify: str | bool = "auto"):
+        """The bundle's hash n-gram tables, memory-mapped (runtime/hash_table.py)."""
+        from fastblt.runtime.hash_table import HashTable, TableLayout
+
+        if self.hash_table is None:
+            raise BundleError(f"{self.root / MANIFEST}: field 'hash_table' is missing; {REBUILD_HINT}")
+        t, where = self.hash_table, f"{self.root / MANIFEST}: hash_table"
+        paths = [self.verify_file(f, where, verify) for f in t.files]
+        cfg = self.config
+        if (t.rows, t.dim) != (cfg.n_hash_tables * cfg.hash_vocab, cfg.encoder.dim):
+            raise BundleError(f"{where}: a {t.rows}×{t.dim} table does not match the model's "
+                              f"{cfg.n_hash_tables * cfg.hash_vocab}×{cfg.encoder.dim}; {REBUILD_HINT}")
+        return HashTable.open(paths[0], TableLayout(t.rows, t.dim, t.dtype), paths[1] if len(paths) > 1 else None)
 
 
 def write_manifest(root: Path, data: dict[str, Any]) -> Path:

@@ -50,6 +50,7 @@ class Session:
             raise ValueError(f"slack={slack!r} must be an integer ≥ 0")
         self.backend = backend
         self._in_place = backend.in_place_graphs
+        self._table = backend.hash_table
         cfg = self.config = backend.config
         self.slack = slack
         self.caches = {
@@ -125,7 +126,7 @@ class Session:
         pos = np.arange(n0, n0 + t, dtype=np.int64)[None]
         ent = self._run("patcher", "patcher", {"ids": new[None], "positions": pos})["entropies"][0]
         if reuse < t:
-            feeds = {"ids": new[None, reuse:], "hash_ids": self._hashes(new)[None, reuse:], "positions": pos[:, reuse:]}
+            feeds = {"ids": new[None, reuse:], "hash_embeds": self._hash_embeds(new[reuse:], new[:reuse])[None], "positions": pos[:, reuse:]}
             states = self._run("encoder", "encoder", feeds)["states"][0]
             if reuse:
                 states = np.concatenate([np.stack(drafted), states])
@@ -225,7 +226,7 @@ class Session:
             raise ValueError(f"byte id {byte_id} must lie in [0, {self.config.vocab_size})")
         ids = np.array([[byte_id]], dtype=np.int64)
         pos = np.array([[n]], dtype=np.int64)
-        feeds = {"ids": ids, "hash_ids": self._hashes(ids[0], drafts=True)[None], "positions": pos}
+        feeds = {"ids": ids, "hash_embeds": self._hash_embeds(ids[0], drafts=True)[None], "positions": pos}
         memory = self.memory[self.n_closed - 1][None, None]
         self.byte_steps["encoder"] += 1
         if "draft_step" in self._in_place:  # encoder and decoder_step in one call (ORT's fused layout)
@@ -313,7 +314,7 @@ class Session:
         if not tail.size:
             return np.zeros((0, self.config.encoder.dim), dtype=np.float32)
         pos = np.arange(n, n + tail.size, dtype=np.int64)[None]
-        out = self._run("encoder", "encoder", {"ids": tail[None], "hash_ids": self._hashes(tail)[None],
+        out = self._run("encoder", "encoder", {"ids": tail[None], "hash_embeds": self._hash_embeds(tail)[None],
                                                "positions": pos}, keep=False)["states"][0]
         self.byte_steps["encoder"] += tail.size
         return np.concatenate([prefix, out]) if known else out
@@ -372,10 +373,16 @@ class Session:
         return out["logits"][0, t:t + bsz]
 
     # ---- internals -------------------------------------------------------------------------------------------
-    def _hashes(self, ids: np.ndarray, drafts: bool = False) -> np.ndarray:
+    def _hash_embeds(self, ids: np.ndarray, before=(), drafts: bool = False) -> np.ndarray:
+        """Summed hash-table rows [t, D] of `ids` placed after the sequence (and `before`, ids of the same call
+        not hashed here; with `drafts`, after the outstanding drafts): host ids, then the host-side gather."""
         cfg, n = self.config, self._gmax - 1  # the hashes of new ids read at most n ids before them
         history = (self.ids[-n:] + self.draft_ids[-n:] if drafts else self.ids[-n:]) if n else []
-        return host.hash_ids(ids, cfg.hash_sizes, cfg.hash_vocab, cfg.hash_functions, history=history[-n:] if n else ())
+        if n and len(before):
+            history = history + [int(i) for i in before[-n:]]
+        hashes = host.hash_ids(ids, cfg.hash_sizes, cfg.hash_vocab, cfg.hash_functions,
+                               history=history[-n:] if n else ())
+        return self._table.embed(hashes)
 
     def _check_room(self, n: int) -> None:
         if n > self._limit:

@@ -87,8 +87,8 @@ class FusedEncoderGraph(nn.Module):
         super().__init__()
         self.model, self.stack = model, FusedStack(model.local_encoder)
 
-    def forward(self, ids, hash_ids, positions, past_length, *caches):
-        x, presents = self.stack(self.model.encoder_embed(ids, hash_ids), positions, past_length, caches)
+    def forward(self, ids, hash_embeds, positions, past_length, *caches):
+        x, presents = self.stack(self.model.encoder_embed(ids, hash_embeds), positions, past_length, caches)
         return (x, *presents)
 
 
@@ -123,8 +123,8 @@ class FusedDraftStepGraph(nn.Module):
         self.encoder, self.decoder = FusedStack(model.local_encoder), FusedStack(model.local_decoder)
         self.n_encoder = 2 * model.config.encoder.n_layers
 
-    def forward(self, ids, hash_ids, positions, memory, decoder_past_length, past_length, *caches):
-        states, enc = self.encoder(self.model.encoder_embed(ids, hash_ids), positions, past_length,
+    def forward(self, ids, hash_embeds, positions, memory, decoder_past_length, past_length, *caches):
+        states, enc = self.encoder(self.model.encoder_embed(ids, hash_embeds), positions, past_length,
                                    caches[: self.n_encoder])
         x, dec = self.decoder(states, positions, decoder_past_length, caches[self.n_encoder:],
                               self.model.decoder_cross(memory))

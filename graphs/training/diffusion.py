@@ -108,8 +108,7 @@ def block_logits(model, ids_full, details, blocks: Blocks, noisy: torch.Tensor,
     positions = (blocks.start[..., None] + torch.arange(bsz, device=noisy.device)).view(b, -1)
     enc_bias = block_bias(blocks, n, cfg.encoder.window)
     enc = model.local_encoder
-    x = enc.embed_tokens(noisy.view(b, -1)) + model.encoder_hash_tok_embedding(
-        block_hash_ids(model, ids_full, blocks, noisy)).sum(dim=-2)
+    x = model.encoder_embed(noisy.view(b, -1), model.hash_embeds(block_hash_ids(model, ids_full, blocks, noisy)))
     states, _, _ = enc.run(x, positions, enc_bias, *details["encoder_kv"], inner=inner_bias(bsz, False, noisy.device))
     memory = details["memory"][torch.arange(b, device=noisy.device)[:, None], (blocks.patch - 1).clamp(min=0)]
     memory = memory.repeat_interleave(bsz, dim=1)

@@ -18,6 +18,7 @@ from fastblt.graphs.spec import GraphSpec
 
 if TYPE_CHECKING:
     from fastblt.runtime.cache import KVCache
+    from fastblt.runtime.hash_table import HashTable
 
 BACKENDS = ("torch", "ort", "trt")
 
@@ -34,6 +35,7 @@ class Backend(Protocol):
     # decoder_block row counts a BLT-D commit's decoder rows may be fused into with its next block (padded
     # up to one of them); None: any count (dynamic shapes); empty: never fused
     fused_block_rows: frozenset[int] | None
+    hash_table: HashTable  # the hash n-gram tables the session gathers `hash_embeds` from (runtime/hash_table.py)
 
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 

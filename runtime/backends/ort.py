@@ -52,27 +52,31 @@ class OrtBackend(BackendBase):
         self.config = self.manifest.config
         self.specs = graph_specs(self.config)
         self.precision, self.check = precision, check
+        self.hash_table = self.manifest.open_hash_table()
         self.fused_block_rows = static_fused_rows(self.manifest.block_sizes)
         self.sessions: dict[str, ort.InferenceSession] = {}
-        keys = [graph_key(g) for g in ("patcher", "encoder", "global", "decoder_step")]
-        keys += [graph_key("decoder_block", b) for b in self.manifest.block_sizes]
-        def session(key: str, graph: str) -> ort.InferenceSession:
-            n = threads or (min(2, os.cpu_count() or 1) if graph == "global" else 1)
-            path = self.manifest.graph_file(key, precision)
-            return ort.InferenceSession(str(path), _options(n, precision), providers=PROVIDERS[device])
+        self.layout = self._pick_layout(layout, precision, device)
+        fused = self._fused_graphs(precision) if self.layout == "fused" else []
 
+        def session(key: str, graph: str) -> ort.InferenceSession:
+            path = self.manifest.graph_file(key, precision)
+            weight_bytes = self.manifest.file_entry(key, precision).total_bytes
+            n = threads or _threads(graph, weight_bytes)
+            return ort.InferenceSession(str(path), _options(n, precision, weight_bytes > BIG_GRAPH_BYTES),
+                                        providers=PROVIDERS[device])
+
+        # one layout per graph: the standard file only where no fused one replaces it (decoder_block always)
+        keys = [graph_key(g) for g in ("patcher", "encoder", "global", "decoder_step") if g not in fused]
+        keys += [graph_key("decoder_block", b) for b in self.manifest.block_sizes]
         for key in keys:
             self.sessions[key] = session(key, key)
-        self.layout = self._pick_layout(layout, precision, device)
         self._in_place = {}
-        if self.layout == "fused":
+        if fused:
             from fastblt.runtime.backends.ort_inplace import InPlaceGraph
 
             fused_specs = fused_graph_specs(self.config)
             try:
-                has = [g for g in FUSED_OPTIONAL if self.manifest.has_file(fused_key(g), precision)]
-                graphs = [*FUSED_GRAPHS, *has]
-                self._in_place = {g: InPlaceGraph(session(fused_key(g), g), fused_specs[g]) for g in graphs}
+                self._in_place = {g: InPlaceGraph(session(fused_key(g), g), fused_specs[g]) for g in fused}
             except ort_errors() as e:  # an ONNX Runtime without these contrib-op inputs (e.g. GQA position_ids)
                 message = (f"onnxruntime {ort.__version__} cannot load this bundle's fused CPU graphs ({e}); "
                            "upgrade it (`pip install -U onnxruntime`; the layout is verified on 1.32) or use "
@@ -81,8 +85,12 @@ class OrtBackend(BackendBase):
                     raise BundleError(message) from None
                 warnings.warn(message + "; using the standard graphs", RuntimeWarning, stacklevel=2)
                 self.layout = "standard"
+                for g in fused:
+                    if g in FUSED_GRAPHS:
+                        self.sessions[graph_key(g)] = session(graph_key(g), g)
         self.in_place_graphs = frozenset(self._in_place)
-        got = self.sessions["decoder_step"].get_providers()
+        first = next(iter(self.sessions.values()), None) or next(iter(self._in_place.values())).session
+        got = first.get_providers()
         if got[0] != PROVIDERS[device][0]:
             raise RuntimeError(f"ONNX Runtime could not use {PROVIDERS[device][0]} (got {got}); install "
                                "onnxruntime-gpu with its CUDA libraries, or use device='cpu'")
@@ -109,8 +117,13 @@ class OrtBackend(BackendBase):
                                f"in_place_graphs is {sorted(self.in_place_graphs)})")
         return self._in_place[graph].run(feeds, cache, keep, self.check)
 
+    def _fused_graphs(self, precision: str) -> list[str]:
+        """The graphs this bundle has in the fused layout for `precision` (a graph whose weights are in external
+        data has only its standard file; its stack then runs the standard graph)."""
+        return [g for g in (*FUSED_GRAPHS, *FUSED_OPTIONAL) if self.manifest.has_file(fused_key(g), precision)]
+
     def _pick_layout(self, layout: str, precision: str, device: str) -> str:
-        has = all(self.manifest.has_file(fused_key(g), precision) for g in FUSED_GRAPHS)
+        has = bool(self._fused_graphs(precision))
         if layout == "fused" and (device != "cpu" or not has):
             raise BundleError(f"{self.manifest.root}: no fused {precision} graphs for device {device!r} (the fused "
                               "layout is for ONNX Runtime on CPU; `blt-export build` writes it for fp32 and "
@@ -132,8 +145,25 @@ def ort_errors() -> tuple[type[Exception], ...]:
     return (state.Fail, state.InvalidGraph, state.InvalidArgument, state.NotImplemented)
 
 
-def _options(threads: int, precision: str):
+BIG_GRAPH_BYTES = 64 << 20
+
+
+def _threads(graph: str, weight_bytes: int) -> int:
+    """Intra-op threads: every core for a graph whose weights make its matmuls the cost (BLT-1B's global
+    model, 5 GB; any graph over 64 MB), two for the global model at small scale, one for the byte-level graphs,
+    whose tiny ops only pay synchronisation for a second thread (docs/architecture.md)."""
+    cores = os.cpu_count() or 1
+    if weight_bytes > BIG_GRAPH_BYTES:
+        return cores
+    return min(2, cores) if graph == "global" else 1
+
+
+def _options(threads: int, precision: str, big: bool = False):
+    """`big`: no prepacked copies of the weights (MLAS would hold a second, packed copy of a 5 GB graph on the
+    heap; unpacked, the weights are read from the memory-mapped file, docs/scale.md)."""
     opts = ort.SessionOptions()
+    if big:
+        opts.add_session_config_entry("session.disable_prepacking", "1")
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -21,12 +21,15 @@ except ImportError:  # pragma: no cover - exercised only without torch
 class TorchBackend(BackendBase):
     name = "torch"
 
-    def __init__(self, source, threads: int | None = None, check: bool = True) -> None:
+    def __init__(self, source, threads: int | None = None, check: bool = True, hash_table=None) -> None:
+        """`hash_table`: a runtime.hash_table.HashTable to gather from instead of the model's own table (needed
+        when the model was loaded with its table left on the meta device, as a large build does)."""
         from fastblt.graphs import load_model
         from fastblt.graphs.incremental import build_graphs
 
         model = source if isinstance(source, torch.nn.Module) else load_model(Path(source))
         self.model = model.eval()
+        self.hash_table = hash_table if hash_table is not None else model_hash_table(model)
         self.config = model.config
         self.specs = graph_specs(self.config)
         self.graphs = build_graphs(self.model)
@@ -45,6 +48,17 @@ class TorchBackend(BackendBase):
 
     def close(self) -> None:
         self.graphs = {}
+
+
+def model_hash_table(model):
+    """The model's hash n-gram tables as a host-side HashTable (float32; a view when the weights are fp32)."""
+    from fastblt.runtime.hash_table import HashTable
+
+    weight = model.encoder_hash_tok_embedding.weight
+    if weight.is_meta:
+        raise ValueError("the model's hash tables were not loaded (meta device); pass hash_table= (e.g. a bundle's "
+                         "`Manifest.open_hash_table()`)")
+    return HashTable.from_array(weight.detach().float().cpu().numpy())
 
 
 def _writable(arr: np.ndarray) -> np.ndarray:

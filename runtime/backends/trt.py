@@ -169,6 +169,7 @@ class TensorRTBackend(BackendBase):
         self.manifest = source if isinstance(source, Manifest) else Manifest.load(source)
         self.config = self.manifest.config
         self.specs = graph_specs(self.config)
+        self.hash_table = self.manifest.open_hash_table()  # gathered on the host; engines take hash_embeds
         self.check = check
         self.fused_block_rows = static_fused_rows(self.manifest.block_sizes)  # not measured on a GPU
         info = require_device()
@@ -195,7 +196,7 @@ class TensorRTBackend(BackendBase):
         if not self.manifest.has_file(key, precision):
             raise BundleError(f"{root}: engine {record.path!r} is for graph {key!r} ({precision}), which the "
                               f"manifest does not list; {REBUILD}")
-        check_engine(record.to_dict(), info, self.manifest.graphs[key].files[precision].sha256)
+        check_engine(record.to_dict(), info, self.manifest.graphs[key].files[precision].digest)
         path = root / record.path
         if not path.is_file():
             raise BundleError(f"{path}: TensorRT engine listed in the manifest is missing; {REBUILD}")

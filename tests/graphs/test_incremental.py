@@ -83,8 +83,8 @@ def test_decoder_block_causal_equals_decoder_step(hf_checkpoints):
     pos = np.arange(30, 38, dtype=np.int64)[None]
     states = backend.run("encoder", {
         "ids": np.array([block]), "positions": pos, "past_key": enc_k, "past_value": enc_v,
-        "hash_ids": host.hash_ids(block, cfg.hash_sizes, cfg.hash_vocab, cfg.hash_functions,
-                                  history=ids[:30])[None]})["states"]
+        "hash_embeds": backend.hash_table.embed(host.hash_ids(block, cfg.hash_sizes, cfg.hash_vocab,
+                                                              cfg.hash_functions, history=ids[:30]))[None]})["states"]
     full_details = model.forward_details(torch.tensor([ids[:38]]))
     d = full_details["decoder_patch_ids"][0, 30:38].numpy()
     memory = full_details["memory"][0].detach().numpy()[d][None]

@@ -13,7 +13,7 @@ def _feeds(cfg, t=3):
     n, h, d = cfg.encoder.n_layers, cfg.encoder.kv_heads, cfg.encoder.head_dim
     return {
         "ids": np.full((1, t), 70, dtype=np.int64),
-        "hash_ids": np.zeros((1, t, cfg.n_hash_tables), dtype=np.int64),
+        "hash_embeds": np.zeros((1, t, cfg.encoder.dim), dtype=np.float32),
         "positions": np.arange(t, dtype=np.int64)[None],
         "past_key": np.zeros((n, 1, h, 0, d), dtype=np.float32),
         "past_value": np.zeros((n, 1, h, 0, d), dtype=np.float32),
@@ -32,7 +32,8 @@ def test_good_feeds_run(tiny_model):
         (lambda f: f.update(extra=np.zeros(1)), r"unexpected inputs \['extra'\]"),
         (lambda f: f.update(ids=f["ids"].astype(np.int32)), r"'ids' must be a numpy int64 array, got int32"),
         (lambda f: f.update(ids=f["ids"][0]), r"'ids' must have shape \('b', 't'\) \(rank 2\), got \(3,\)"),
-        (lambda f: f.update(hash_ids=f["hash_ids"][..., :1]), r"'hash_ids' axis 2 must be 3"),
+        (lambda f: f.update(hash_embeds=f["hash_embeds"].astype(np.float64)),
+         r"'hash_embeds' must be a numpy float32 array, got float64"),
         (lambda f: f.update(past_key=f["past_key"][:, :, :1]), r"'past_key' axis 2 must be 4"),
     ],
 )
