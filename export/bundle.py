@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastblt.export.onnx_export import EXTERNAL_DATA_BYTES, OPSET, export_graph, external_data_files
+from fastblt.export.onnx_export import EXTERNAL_DATA_BYTES, OPSET, export_graph, external_data_files, share_weights
 from fastblt.export.progress import BuildLog
 from fastblt.export.quantize import (
     MODELOPT_HINT,
@@ -178,6 +178,7 @@ def _build(model, tmp: Path, precisions, block_sizes, engines, heldout, fused, b
     fused_max = opts.external_bytes if opts.fused_max_bytes is None else opts.fused_max_bytes
     entries, validation = _export_and_validate(tmp, cfg, jobs, fused_jobs, blog, opts.external_bytes, fused_max)
     del jobs, fused_jobs, modules
+    _share(tmp / "fp32", entries, blog)
     model_dict = cfg.to_dict()
     if cfg.max_patch_length is None:  # one cap every backend enforces (graphs/spec.py PATCH_CAP)
         model_dict["max_patch_length"] = PATCH_CAP
@@ -255,6 +256,7 @@ def add_precisions(root: Path, manifest: dict, precisions, rec, heldout, prompts
                 info[key] = quantize_graph(root / "fp32" / f"{key}.onnx", root / precision / f"{key}.onnx",
                                            precision, feeds)
                 bar.update()
+        _share(root / precision, {k: manifest["graphs"][k] for k in keys}, blog)
         _register(root, manifest, precision)
         write_manifest(root, manifest)
         with blog.stage(f"held-out bits/byte: {precision}", len(heldout) + len(prompts), "windows+prompts") as bar, \
@@ -341,7 +343,8 @@ def _table_of(root: Path, cfg, entry: dict):
     from fastblt.runtime.hash_table import HashTable, TableLayout
 
     scales = root / entry["scales"]["path"] if "scales" in entry else None
-    return HashTable.open(root / entry["data"]["path"], TableLayout(entry["rows"], entry["dim"], entry["dtype"]), scales)
+    layout = TableLayout(entry["rows"], entry["dim"], entry["dtype"])
+    return HashTable.open(root / entry["data"]["path"], layout, scales)
 
 
 def _summary(root: Path, blog: BuildLog, seconds: float) -> None:
@@ -381,8 +384,21 @@ def _standard(entry: dict) -> bool:
     return entry.get("layout", "standard") == "standard"
 
 
+def _share(folder: Path, keys, blog: BuildLog) -> None:
+    """One weights.data per precision folder: no weight stored twice (onnx_export.share_weights)."""
+    paths = [folder / f"{key}.onnx" for key in keys]
+    before = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+    with blog.stage(f"shared weights: {folder.name}", 1, "folder") as bar:
+        share_weights(folder, paths)
+        bar.update()
+    after = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+    blog.say(f"{folder.name}: {before / 1e9:.2f} GB of graphs → {after / 1e9:.2f} GB with each weight stored once")
+
+
 def _register(root: Path, manifest: dict, precision: str) -> None:
-    """List every graph file of `precision` with its external-data files, each with sha256 and size."""
+    """List every graph file of `precision` with its external-data files, each with sha256 and size (a file
+    several graphs share is hashed once)."""
+    digests: dict[Path, str] = {}
     for key, entry in manifest["graphs"].items():
         if not _has_precision(entry, precision):
             continue
@@ -390,7 +406,8 @@ def _register(root: Path, manifest: dict, precision: str) -> None:
         record = {"path": f"{precision}/{key}.onnx", "sha256": sha256_file(path), "bytes": path.stat().st_size}
         data = external_data_files(path)
         if data:
-            record["data"] = [{"path": d.relative_to(root).as_posix(), "sha256": sha256_file(d),
+            record["data"] = [{"path": d.relative_to(root).as_posix(),
+                               "sha256": digests[d] if d in digests else digests.setdefault(d, sha256_file(d)),
                                "bytes": d.stat().st_size} for d in data]
         entry["files"][precision] = record
     if precision not in manifest["precisions"]:

@@ -18,7 +18,6 @@ from fastblt.runtime.host import decode_bytes
 from fastblt.runtime.session import Session
 from fastblt.runtime.unmask import UnmaskConfig
 
-
 RECORD_BYTES = 256 << 20  # per graph file: at BLT-1B scale one global call's cache is tens of MB
 
 

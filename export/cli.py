@@ -35,7 +35,8 @@ def _fail(exc: Exception) -> None:
                    "larger than this gets a shard of its own).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--diffusion", is_flag=True,
-              help="A public shape with BLT-D's MASK/PAD ids and block sizes 4, 8, 16 (random init: all four modes run).")
+              help="A public shape with BLT-D's MASK/PAD ids and block sizes 4, 8, 16 (random init: all four modes "
+                   "run).")
 def init(out, preset, config_path, dtype, shard_size, seed, diffusion):
     """Write a randomly initialised model (the starting point for training, and for smoke tests)."""
     try:
@@ -362,11 +363,11 @@ def _bundle_stage(function: str, bundle: str, precisions: str) -> None:
 def check(bundle, polygraphy, checkpoint):
     """Verify every file of a bundle (sha256) and run each precision through ONNX Runtime."""
     try:
+        import time
+
         from fastblt.runtime.backends.ort import OrtBackend
         from fastblt.runtime.generator import Generator
         from fastblt.runtime.manifest import Manifest
-
-        import time
 
         manifest = Manifest.load(bundle)
         t0 = time.perf_counter()

@@ -145,3 +145,74 @@ def external_data_files(path: Path) -> list[Path]:
             if location not in names:
                 names.append(location)
     return [path.parent / n for n in names]
+
+
+SHARED_DATA = "weights.data"  # one per precision folder: every weight of its graphs, each stored once
+SHARED_MIN_BYTES = 1024  # smaller tensors (shapes, scalars) stay inline in their graph
+ALIGN = 4096  # page-aligned offsets, so ONNX Runtime can map each weight in place
+
+
+def share_weights(folder: Path, paths: list[Path]) -> Path | None:
+    """Move the weights of `paths` (graphs of one precision folder) into one `weights.data`, storing each distinct
+    tensor once: decoder_step and every decoder_block hold the same decoder, a fused graph most of its standard
+    twin's weights. Graphs are rewritten one at a time (each proto without the others' data in memory); the
+    data files they used before are removed. Returns the shared file, or None when no tensor is large enough."""
+    import hashlib
+    import os
+
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    shared, index, offset, old = folder / SHARED_DATA, {}, 0, set()
+    partial = folder / (SHARED_DATA + ".writing")
+    with partial.open("wb") as out:
+        for path in paths:
+            model = onnx.load(str(path), load_external_data=False)
+            for tensor in model.graph.initializer:
+                raw = _tensor_bytes(tensor, path.parent, old)
+                if raw is None or len(raw) < SHARED_MIN_BYTES:
+                    if raw is not None and uses_external_data(tensor):  # a small external tensor goes inline
+                        del tensor.external_data[:]
+                        tensor.data_location = onnx.TensorProto.DEFAULT
+                        tensor.raw_data = raw
+                    continue
+                key = hashlib.sha256(raw).digest()
+                if key not in index:
+                    pad = -offset % ALIGN
+                    out.write(b"\0" * pad)
+                    index[key] = (offset + pad, len(raw))
+                    out.write(raw)
+                    offset += pad + len(raw)
+                tensor.ClearField("raw_data")
+                del tensor.external_data[:]
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+                for name, value in zip(("location", "offset", "length"), (SHARED_DATA, *index[key]), strict=True):
+                    entry = tensor.external_data.add()
+                    entry.key, entry.value = name, str(value)
+            tmp = path.with_name(path.name + ".writing")
+            onnx.save_model(model, str(tmp))
+            os.replace(tmp, path)
+            del model
+    for f in old:
+        f.unlink(missing_ok=True)
+    if not index:
+        partial.unlink()
+        return None
+    os.replace(partial, shared)
+    return shared
+
+
+def _tensor_bytes(tensor, base: Path, used: set) -> bytes | None:
+    """A tensor's stored bytes: its raw_data, or the range its external-data entry names (noting the file)."""
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    if uses_external_data(tensor):
+        info = ExternalDataInfo(tensor)
+        file = base / info.location
+        used.add(file)
+        with file.open("rb") as fh:
+            fh.seek(info.offset or 0)
+            return fh.read(info.length) if info.length else fh.read()
+    if tensor.HasField("raw_data"):
+        return tensor.raw_data
+    return None

@@ -126,7 +126,8 @@ class Session:
         pos = np.arange(n0, n0 + t, dtype=np.int64)[None]
         ent = self._run("patcher", "patcher", {"ids": new[None], "positions": pos})["entropies"][0]
         if reuse < t:
-            feeds = {"ids": new[None, reuse:], "hash_embeds": self._hash_embeds(new[reuse:], new[:reuse])[None], "positions": pos[:, reuse:]}
+            feeds = {"ids": new[None, reuse:], "hash_embeds": self._hash_embeds(new[reuse:], new[:reuse])[None],
+                     "positions": pos[:, reuse:]}
             states = self._run("encoder", "encoder", feeds)["states"][0]
             if reuse:
                 states = np.concatenate([np.stack(drafted), states])

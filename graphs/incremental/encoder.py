@@ -1,4 +1,5 @@
-"""`encoder` graph: byte ids + the host-gathered sum of their hash n-gram rows + positions + KV cache → byte states + new K/V.
+"""`encoder` graph: byte ids + the host-gathered sum of their hash n-gram rows + positions + KV cache → byte
+states + new K/V.
 
 Also run in scratch mode over a draft or diffusion block (MASK is an ordinary id); the caller then simply
 does not append the returned K/V to its cache.

@@ -8,6 +8,7 @@ TensorRT. Imported only by `load_backend("trt", ...)`; without tensorrt the impo
 from __future__ import annotations
 
 import hashlib
+import mmap
 import threading
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import numpy as np
 from fastblt.graphs.constants import feed_key, split_graph_key
 from fastblt.graphs.spec import GraphSpec, graph_specs
 from fastblt.runtime.backends import BackendBase, FeedError, resolve, static_fused_rows
-from fastblt.runtime.manifest import BundleError, EngineEntry, Manifest
+from fastblt.runtime.manifest import BundleError, EngineEntry, Manifest, resolve_inside
 from fastblt.runtime.trt_device import (
     REBUILD,
     TRT_HINT,
@@ -197,13 +198,14 @@ class TensorRTBackend(BackendBase):
             raise BundleError(f"{root}: engine {record.path!r} is for graph {key!r} ({precision}), which the "
                               f"manifest does not list; {REBUILD}")
         check_engine(record.to_dict(), info, self.manifest.graphs[key].files[precision].digest)
-        path = root / record.path
+        path = resolve_inside(root, record.path, f"{root}: engines ({key}, {precision})")
         if not path.is_file():
             raise BundleError(f"{path}: TensorRT engine listed in the manifest is missing; {REBUILD}")
-        data = path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != record.sha256:
-            raise BundleError(f"{path}: sha256 does not match the manifest (altered or truncated); {REBUILD}")
-        engine = self._runtime.deserialize_cuda_engine(data)
+        # memory-mapped: hashed and deserialized from the page cache, no copy of a multi-GB plan on the heap
+        with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            if hashlib.sha256(data).hexdigest() != record.sha256:
+                raise BundleError(f"{path}: sha256 does not match the manifest (altered or truncated); {REBUILD}")
+            engine = self._runtime.deserialize_cuda_engine(data)
         if engine is None:
             raise BundleError(f"{path}: TensorRT {trt.__version__} could not deserialize the engine; {REBUILD}")
         graph, _ = split_graph_key(key)

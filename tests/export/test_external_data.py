@@ -62,14 +62,30 @@ def test_every_file_listed_with_hash_and_size(external):
 
 
 def test_no_weight_stored_twice_in_a_precision(external):
-    """The hash tables live once per bundle, in no graph: no initializer as large as a table remains."""
+    """The hash tables live once per bundle, in no graph; within a precision every distinct weight has one place
+    in its folder's weights.data (decoder_step, the decoder_blocks and fused twins share theirs)."""
+    import hashlib
+
     import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
     cfg = Manifest.load(external).config
     rows = cfg.n_hash_tables * cfg.hash_vocab
-    for path in (external / "fp32").glob("*.onnx"):
-        proto = onnx.load(str(path), load_external_data=False)
-        assert all(rows not in tuple(i.dims) for i in proto.graph.initializer), path.name
+    for precision in PRECISIONS:
+        folder = external / precision
+        assert sorted(p.name for p in folder.iterdir() if not p.name.endswith(".onnx")) == ["weights.data"]
+        places: dict[bytes, set] = {}
+        data = (folder / "weights.data").read_bytes()
+        for path in folder.glob("*.onnx"):
+            proto = onnx.load(str(path), load_external_data=False)
+            for t in proto.graph.initializer:
+                assert rows not in tuple(t.dims), path.name
+                if uses_external_data(t):
+                    info = ExternalDataInfo(t)
+                    assert info.location == "weights.data"
+                    raw = data[info.offset:info.offset + info.length]
+                    places.setdefault(hashlib.sha256(raw).digest(), set()).add(info.offset)
+        assert places and all(len(offsets) == 1 for offsets in places.values()), precision
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
@@ -108,13 +124,13 @@ def _copy(src, tmp_path):
 
 def test_flipped_byte_in_a_data_file_is_refused(external, tmp_path):
     bundle = _copy(external, tmp_path)
-    data = next((bundle / "fp32").glob("global.onnx.data"))
+    data = bundle / "fp32" / "weights.data"
     raw = bytearray(data.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     data.write_bytes(bytes(raw))
     result = CliRunner().invoke(export_cli, ["check", str(bundle)])
-    assert result.exit_code != 0 and "global.onnx.data: sha256 does not match" in result.output
-    with pytest.raises(BundleError, match=r"global\.onnx\.data: sha256 does not match"):  # small: hashed at load
+    assert result.exit_code != 0 and "fp32/weights.data: sha256 does not match" in result.output
+    with pytest.raises(BundleError, match=r"weights\.data: sha256 does not match"):  # small: hashed at load
         OrtBackend(bundle, "fp32")
 
 
@@ -122,15 +138,15 @@ def test_truncated_or_missing_data_file_is_refused(external, tmp_path, monkeypat
     from fastblt.runtime import manifest as manifest_mod
 
     bundle = _copy(external, tmp_path)
-    data = bundle / "fp32" / "decoder_step.onnx.data"
+    data = bundle / "int8-dynamic" / "weights.data"
     with data.open("r+b") as fh:
         fh.truncate(data.stat().st_size - 8)
     monkeypatch.setattr(manifest_mod, "VERIFY_HASH_MAX", 0)  # as for a big file: checked by size at load
-    with pytest.raises(BundleError, match=r"decoder_step\.onnx\.data: \d+ bytes, manifest\.json lists \d+"):
-        OrtBackend(bundle, "fp32", layout="standard")
+    with pytest.raises(BundleError, match=r"int8-dynamic/weights\.data: \d+ bytes, manifest\.json lists \d+"):
+        OrtBackend(bundle, "int8-dynamic")
     data.unlink()
-    with pytest.raises(BundleError, match=r"decoder_step\.onnx\.data: missing from the bundle"):
-        OrtBackend(bundle, "fp32", layout="standard")
+    with pytest.raises(BundleError, match=r"int8-dynamic/weights\.data: missing from the bundle"):
+        OrtBackend(bundle, "int8-dynamic")
     table = bundle / Manifest.load(bundle).hash_table.data.path
     table.write_bytes(table.read_bytes()[:-2])
     with pytest.raises(BundleError, match=r"tables\.bfloat16\.bin: \d+ bytes"):

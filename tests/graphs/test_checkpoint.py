@@ -263,6 +263,13 @@ def test_bad_index_and_unexpected_tensor(sharded):
     (path / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(CheckpointError, match="names tensor 'local_decoder.extra.weight'"):
         load_model(path)
+    del index["weight_map"]["local_decoder.extra.weight"]
+    (path / "model.safetensors.index.json").write_text(json.dumps(index))
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["decoder"]["n_layers"] = 1
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"do not match the config: missing \[\], unexpected \['local_decoder"):
+        load_model(path)
 
 
 def test_checkpoint_tensor_streams_rows(tmp_path, tiny_model, hf_checkpoints, monkeypatch):
