@@ -22,7 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from fastblt.export.onnx_export import EXTERNAL_DATA_BYTES, OPSET, export_graph, external_data_files, share_weights
+from fastblt.export.onnx_export import (
+    EXTERNAL_DATA_BYTES,
+    OPSET,
+    export_graph,
+    external_data_files,
+    share_weights,
+    weight_bytes,
+)
 from fastblt.export.progress import BuildLog
 from fastblt.export.quantize import (
     MODELOPT_HINT,
@@ -145,7 +152,7 @@ def _check_table_request(model, opts: BuildOptions) -> None:
 
 def _build(model, tmp: Path, precisions, block_sizes, engines, heldout, fused, blog: BuildLog,
            opts: BuildOptions) -> None:
-    from fastblt.export.calibration import heldout_bpb, prompts_from, record
+    from fastblt.export.calibration import greedy_texts, heldout_bpb, prompts_from, record
     from fastblt.graphs.incremental import build_graphs
     from fastblt.runtime.backends.ort import OrtBackend
     from fastblt.runtime.backends.torch_ref import TorchBackend
@@ -162,6 +169,7 @@ def _build(model, tmp: Path, precisions, block_sizes, engines, heldout, fused, b
     n_cal = min(opts.calibration_prompts, len(prompts))
     with blog.stage("calibration: real-text inputs", n_cal, "prompts") as bar:
         rec = record(torch_backend, prompts[:n_cal], progress=bar.update)
+    _memory(blog, "calibration done")
     modules, specs = build_graphs(model), graph_specs(cfg)
     jobs = [(graph_key(graph, b), graph, modules[graph], specs[graph], b, rec.records.get(graph_key(graph, b), []))
             for graph in GRAPH_NAMES for b in (block_sizes if graph == "decoder_block" else (None,))]
@@ -178,6 +186,7 @@ def _build(model, tmp: Path, precisions, block_sizes, engines, heldout, fused, b
     fused_max = opts.external_bytes if opts.fused_max_bytes is None else opts.fused_max_bytes
     entries, validation = _export_and_validate(tmp, cfg, jobs, fused_jobs, blog, opts.external_bytes, fused_max)
     del jobs, fused_jobs, modules
+    _memory(blog, "export + validation done")
     _share(tmp / "fp32", entries, blog)
     model_dict = cfg.to_dict()
     if cfg.max_patch_length is None:  # one cap every backend enforces (graphs/spec.py PATCH_CAP)
@@ -198,9 +207,13 @@ def _build(model, tmp: Path, precisions, block_sizes, engines, heldout, fused, b
     if opts.release_model:
         model.to("meta")  # frees the weights; ONNX Runtime needs the memory from here on
         gc.collect()
-    with blog.stage("held-out bits/byte: fp32", len(heldout), "windows") as bar, OrtBackend(tmp, "fp32") as fp32:
+    with blog.stage("held-out bits/byte: fp32", len(heldout) + len(prompts), "windows+prompts") as bar, \
+            OrtBackend(tmp, "fp32") as fp32:
         quality["fp32"] = {"heldout_bpb": heldout_bpb(fp32, heldout, progress=bar.update)}
-    add_precisions(tmp, manifest, [p for p in precisions if p != "fp32"], rec, heldout, prompts, quality, blog)
+        reference = greedy_texts(fp32, prompts, progress=bar.update)
+    _memory(blog, "fp32 done")
+    add_precisions(tmp, manifest, [p for p in precisions if p != "fp32"], rec, heldout, prompts, quality, blog,
+                   reference)
     manifest["quality"] = quality
     manifest["quality"]["heldout"] = {"windows": len(heldout), "bytes": sum(len(w) - 1 for w in heldout)}
     if engines != "no":
@@ -236,13 +249,17 @@ def _export_and_validate(root: Path, cfg, jobs, fused_jobs, blog: BuildLog, exte
                 entries[key]["layout"] = "fused"
             validation[key] = validate_graph(path, module, spec, cfg, real, b)
             gc.collect()
+            if graph in external:
+                _memory(blog, f"{key} exported and validated")
             bar.update()
     return entries, validation
 
 
-def add_precisions(root: Path, manifest: dict, precisions, rec, heldout, prompts, quality: dict, blog) -> None:
+def add_precisions(root: Path, manifest: dict, precisions, rec, heldout, prompts, quality: dict, blog,
+                   reference: list[bytes]) -> None:
     """Quantize every graph of the bundle in `root` to each precision, calibrated on `rec`'s recorded inputs,
-    and record held-out bits/byte and greedy agreement with FP32 (both through ONNX Runtime)."""
+    and record held-out bits/byte and greedy agreement with FP32's continuations `reference` (both through ONNX
+    Runtime; one backend open at a time)."""
     from fastblt.export.calibration import greedy_agreement, heldout_bpb
     from fastblt.runtime.backends.ort import OrtBackend
 
@@ -260,16 +277,17 @@ def add_precisions(root: Path, manifest: dict, precisions, rec, heldout, prompts
         _register(root, manifest, precision)
         write_manifest(root, manifest)
         with blog.stage(f"held-out bits/byte: {precision}", len(heldout) + len(prompts), "windows+prompts") as bar, \
-                OrtBackend(root, precision) as backend, OrtBackend(root, "fp32") as reference:
+                OrtBackend(root, precision) as backend:
             quality[precision] = {"heldout_bpb": heldout_bpb(backend, heldout, progress=bar.update),
                                   "greedy_agreement_vs_fp32": greedy_agreement(reference, backend, prompts,
                                                                                progress=bar.update)}
+        _memory(blog, f"{precision} done")
         manifest["quantization"][precision] = info
 
 
 def quantize_bundle(bundle: Path, precisions: tuple[str, ...], log=print, bars: bool = False) -> Path:
     """Add quantized precisions to an existing bundle (calibrated through its own FP32 graphs; no torch)."""
-    from fastblt.export.calibration import prompts_from, record
+    from fastblt.export.calibration import greedy_texts, prompts_from, record
     from fastblt.graphs.training.data import heldout_windows
     from fastblt.runtime.backends.ort import OrtBackend
     from fastblt.runtime.manifest import Manifest
@@ -281,10 +299,12 @@ def quantize_bundle(bundle: Path, precisions: tuple[str, ...], log=print, bars: 
         with BuildLog(tmp / BUILD_LOG, log, bars, bundle / BUILD_LOG) as blog:
             heldout = heldout_windows(None, 256, 16)
             prompts = prompts_from(heldout, 8)
-            with blog.stage("calibration: real-text inputs", 4, "prompts") as bar, OrtBackend(tmp, "fp32") as fp32:
+            with blog.stage("calibration: real-text inputs", 4 + len(prompts), "prompts") as bar, \
+                    OrtBackend(tmp, "fp32") as fp32:
                 rec = record(fp32, prompts[:4], progress=bar.update)
+                reference = greedy_texts(fp32, prompts, progress=bar.update)
             quality = manifest.setdefault("quality", {})
-            add_precisions(tmp, manifest, list(precisions), rec, heldout, prompts, quality, blog)
+            add_precisions(tmp, manifest, list(precisions), rec, heldout, prompts, quality, blog, reference)
             write_manifest(tmp, manifest)
     return bundle
 
@@ -347,6 +367,18 @@ def _table_of(root: Path, cfg, entry: dict):
     return HashTable.open(root / entry["data"]["path"], layout, scales)
 
 
+def _memory(blog: BuildLog, when: str) -> None:
+    """Resident memory now and at peak so far, so the stage that sets a large build's peak shows in its log."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    try:
+        now = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        now = 0
+    blog.say(f"memory after {when}: RSS {now / 1e9:.2f} GB, peak {peak / 1e9:.2f} GB")
+
+
 def _summary(root: Path, blog: BuildLog, seconds: float) -> None:
     """The build's cost: wall time, peak RSS of this process, and the bundle's bytes on disk per folder."""
     import resource
@@ -403,7 +435,8 @@ def _register(root: Path, manifest: dict, precision: str) -> None:
         if not _has_precision(entry, precision):
             continue
         path = root / precision / f"{key}.onnx"
-        record = {"path": f"{precision}/{key}.onnx", "sha256": sha256_file(path), "bytes": path.stat().st_size}
+        record = {"path": f"{precision}/{key}.onnx", "sha256": sha256_file(path), "bytes": path.stat().st_size,
+                  "weight_bytes": weight_bytes(path)}
         data = external_data_files(path)
         if data:
             record["data"] = [{"path": d.relative_to(root).as_posix(),

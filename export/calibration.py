@@ -79,19 +79,30 @@ def heldout_bpb(backend, windows: list[list[int]], progress=None) -> float:
     return total / max(count, 1) / math.log(2)
 
 
-def greedy_agreement(reference, other, prompts: list[bytes], new_bytes: int = 64, progress=None) -> dict:
-    """Fraction of prompts whose greedy continuation is byte-identical, and the mean shared prefix."""
-    ref, oth = Generator(reference), Generator(other)
-    same, prefix = 0, []
+def greedy_texts(backend, prompts: list[bytes], new_bytes: int = 64, progress=None) -> list[bytes]:
+    """Each prompt's greedy continuation (`progress()` after each)."""
+    gen, out = Generator(backend), []
     for prompt in prompts:
-        a = ref.generate(prompt, max_new_bytes=new_bytes).bytes
-        b = oth.generate(prompt, max_new_bytes=new_bytes).bytes
-        same += a == b
+        out.append(gen.generate(prompt, max_new_bytes=new_bytes).bytes)
         if progress is not None:
             progress()
-        prefix.append(next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))))
-    return {"identical": same / max(len(prompts), 1), "mean_shared_prefix_bytes": float(np.mean(prefix)),
-            "prompts": len(prompts), "new_bytes": new_bytes}
+    return out
+
+
+def agreement(reference: list[bytes], other: list[bytes], new_bytes: int = 64) -> dict:
+    """Fraction of continuations that are byte-identical, and the mean shared prefix."""
+    same = sum(a == b for a, b in zip(reference, other, strict=True))
+    prefix = [next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+              for a, b in zip(reference, other, strict=True)]
+    return {"identical": same / max(len(reference), 1), "mean_shared_prefix_bytes": float(np.mean(prefix or [0])),
+            "prompts": len(reference), "new_bytes": new_bytes}
+
+
+def greedy_agreement(reference, other, prompts: list[bytes], new_bytes: int = 64, progress=None) -> dict:
+    """Fraction of prompts whose greedy continuation is byte-identical, and the mean shared prefix. `reference`
+    is a backend, or its continuations already generated (a large build never holds two backends at once)."""
+    ref = reference if isinstance(reference, list) else greedy_texts(reference, prompts, new_bytes)
+    return agreement(ref, greedy_texts(other, prompts, new_bytes, progress), new_bytes)
 
 
 def prompts_from(windows: list[list[int]], n: int, length: int = 96) -> list[bytes]:

@@ -216,3 +216,13 @@ def _tensor_bytes(tensor, base: Path, used: set) -> bytes | None:
     if tensor.HasField("raw_data"):
         return tensor.raw_data
     return None
+
+
+def weight_bytes(path: Path) -> int:
+    """Bytes of one graph's weights: its inline initializers and the ranges it reads from external data."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    model = onnx.load(str(path), load_external_data=False)
+    return sum(ExternalDataInfo(t).length or 0 if uses_external_data(t) else len(t.raw_data)
+               for t in model.graph.initializer)

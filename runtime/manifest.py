@@ -104,16 +104,18 @@ class GraphFile:
     sha256: str
     bytes: int | None = None
     data: tuple[DataFile, ...] = ()
+    weight_bytes: int | None = None  # this graph's own weights (a shared data file holds other graphs' too)
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> GraphFile:
         if not isinstance(data, dict):
             raise BundleError(f"{where}: must be an object with path and sha256; {REBUILD_HINT}")
-        _no_unknown(data, ("path", "sha256", "bytes", "data"), where)
+        _no_unknown(data, ("path", "sha256", "bytes", "data", "weight_bytes"), where)
         files = _get(data, "data", list, where, [])
         return cls(_get(data, "path", str, where), _get(data, "sha256", str, where),
                    _get(data, "bytes", int, where, None),
-                   tuple(DataFile.from_dict(f, f"{where}.data[{i}]") for i, f in enumerate(files)))
+                   tuple(DataFile.from_dict(f, f"{where}.data[{i}]") for i, f in enumerate(files)),
+                   _get(data, "weight_bytes", int, where, None))
 
     @property
     def digest(self) -> str:
@@ -130,6 +132,8 @@ class GraphFile:
             out["bytes"] = self.bytes
         if self.data:
             out["data"] = [d.to_dict() for d in self.data]
+        if self.weight_bytes is not None:
+            out["weight_bytes"] = self.weight_bytes
         return out
 
     @property
@@ -138,6 +142,9 @@ class GraphFile:
 
     @property
     def total_bytes(self) -> int:
+        """The graph's weight bytes (what sizes its session: threads, prepacking)."""
+        if self.weight_bytes is not None:
+            return self.weight_bytes
         return sum(max(f.bytes, 0) for f in self.all_files)
 
 

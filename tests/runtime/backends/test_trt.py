@@ -44,7 +44,14 @@ def _bundle(root, engine_bytes=b"plan-bytes"):
     onnx_sha = "ab" * 32
     (root / "engines").mkdir(parents=True)
     (root / "engines" / "p.plan").write_bytes(engine_bytes)
+    cfg = tiny_config()
+    rows = cfg.n_hash_tables * cfg.hash_vocab
+    table = np.zeros((rows, cfg.encoder.dim), np.float32).tobytes()
+    (root / "table.bin").write_bytes(table)
     write_manifest(root, {
+        "hash_table": {"rows": rows, "dim": cfg.encoder.dim, "dtype": "float32",
+                       "data": {"path": "table.bin", "sha256": hashlib.sha256(table).hexdigest(),
+                                "bytes": len(table)}},
         "model": tiny_config().to_dict(), "precisions": ["fp32"], "block_sizes": [],
         "graphs": {"patcher": {"graph": "patcher", "block_size": None,
                                "files": {"fp32": {"path": "fp32/patcher.onnx", "sha256": onnx_sha}}}},
