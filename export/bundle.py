@@ -300,7 +300,7 @@ def quantize_bundle(bundle: Path, precisions: tuple[str, ...], log=print, bars: 
             heldout = heldout_windows(None, 256, 16)
             prompts = prompts_from(heldout, 8)
             with blog.stage("calibration: real-text inputs", 4 + len(prompts), "prompts") as bar, \
-                    OrtBackend(tmp, "fp32") as fp32:
+                    OrtBackend(tmp, "fp32", layout="standard") as fp32:  # records the standard graphs' inputs
                 rec = record(fp32, prompts[:4], progress=bar.update)
                 reference = greedy_texts(fp32, prompts, progress=bar.update)
             quality = manifest.setdefault("quality", {})

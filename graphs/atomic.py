@@ -37,9 +37,10 @@ LINK_BYTES = 1 << 20
 
 
 def _link_or_copy(src: str, dst: str) -> None:
-    """Large files (weights, tables, engines: written once, never edited in place) are hard-linked, so adding a
-    precision to a 10 GB bundle does not copy it; small files (manifest, logs) are copied."""
-    if os.path.getsize(src) >= LINK_BYTES:
+    """Large files (hash tables, engines: written once, never edited in place) are hard-linked, so adding a
+    precision to a bundle does not copy them; small files (manifest, logs) are copied, and so is ONNX external
+    data (`.data`), which the onnx package refuses to read through a file with several hard links."""
+    if os.path.getsize(src) >= LINK_BYTES and not src.endswith(".data"):
         try:
             os.link(src, dst)
             return

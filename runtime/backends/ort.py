@@ -103,6 +103,9 @@ class OrtBackend(BackendBase):
         session = self.sessions.get(key)
         if not self.sessions:
             raise RuntimeError("this ONNX Runtime backend is closed")
+        if session is None and graph in self._in_place:
+            raise ValueError(f"graph {graph!r} runs in place in the fused layout (run_in_place); open the backend "
+                             "with layout='standard' to call it with run")
         if session is None:
             raise BundleError(f"this bundle has no decoder_block for block size {feeds['states'].shape[1]} "
                               f"(it has {list(self.manifest.block_sizes)}); rebuild with --block-sizes")
