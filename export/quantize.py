@@ -150,4 +150,9 @@ def quantize_graph(src: Path, dst: Path, precision: str, feeds: list[dict[str, n
         if not modelopt_available():
             raise QuantizeError(f"--precision fp8 needs NVIDIA ModelOpt: {MODELOPT_HINT}")
         return quantize_modelopt(src, dst, feeds, "fp8")
-    return quantize_ort_int8(src, dst, feeds)
+    try:
+        return quantize_ort_int8(src, dst, feeds)
+    except ValueError as exc:  # ORT names a tensor, not the graph: say which graph and what was recorded
+        shapes = {k: v.shape for k, v in feeds[0].items()} if feeds else {}
+        raise QuantizeError(f"{src.name}: ONNX Runtime's static quantization failed ({exc}); {len(feeds)} "
+                            f"calibration calls were recorded (first: {shapes})") from None

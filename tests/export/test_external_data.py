@@ -17,6 +17,7 @@ from fastblt.export.cli import main as export_cli
 from fastblt.export.quantize import modelopt_available
 from fastblt.graphs.config import tiny_config
 from fastblt.graphs.model import BltModel
+from fastblt.graphs.spec import PATCH_CAP, dim_ranges
 from fastblt.graphs.training.data import windows
 from fastblt.runtime.backends.ort import OrtBackend
 from fastblt.runtime.backends.torch_ref import TorchBackend
@@ -100,13 +101,19 @@ def test_generates_in_every_precision(external, model, precision):
         assert blts.bytes == ar.bytes  # greedy BLT-S is lossless on every backend and precision
 
 
-def test_fp32_equals_torch_with_an_exact_table(model, tmp_path):
-    """An fp32 table: ORT over external data gives torch's greedy bytes in AR and BLT-S."""
+def test_fp32_equals_torch_with_an_exact_table(tmp_path):
+    """An fp32 table: ORT over external data gives torch's greedy bytes in AR and BLT-S. The model has no
+    max_patch_length (as HF's BLT-1B): the bundle records the cap every backend enforces and TensorRT's
+    patch-length profile covers."""
+    torch.manual_seed(4)
+    model = BltModel(tiny_config(max_patch_length=None, patch_threshold=3.5)).eval()
     out = build_bundle(model, tmp_path / "b", ("fp32",), engines="no", log=lambda m: None,
                        heldout=list(windows(TEXT, 96))[:1],
                        options=BuildOptions(external_bytes=0, calibration_prompts=1))
     manifest = Manifest.load(out)
     assert manifest.hash_table.dtype == "float32"
+    assert manifest.config.max_patch_length == PATCH_CAP == manifest.patching["max_patch_length"]
+    assert dim_ranges(manifest.config)["L"][2] == PATCH_CAP
     assert not any(e.layout == "fused" for e in manifest.graphs.values())  # external standard twins: no fused copy
     with OrtBackend(out, "fp32") as ort_backend:
         assert ort_backend.layout == "standard"
