@@ -20,6 +20,7 @@ logits nearly tie, as with random weights, they can diverge. TensorRT cannot bui
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -122,21 +123,36 @@ def quantize_ort_dynamic(src: Path, dst: Path) -> dict:
 
 
 def quantize_modelopt(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], mode: str) -> dict:
+    """ModelOpt's ONNX PTQ in a child process: it changes ONNX Runtime's quantization code for the rest of the
+    process it runs in (an int8 `quantize_static` after it then finds no range for ordinary activations), and
+    its memory is returned when the child exits. The calibration batch goes through an .npz (no pickle)."""
+    import subprocess
     import tempfile
-
-    from modelopt.onnx.quantization import quantize
 
     # ModelOpt calibrates on one batch per input; use the largest recorded call (most rows of real text)
     best = max(feeds, key=lambda f: max(v.size for v in f.values()))
-    external = _external(src)
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:  # ModelOpt rewrites its input in place: a copy
         work = Path(tmp) / src.name
         _copy_graph(src, work)
         _clear_data(dst)
-        quantize(onnx_path=str(work), quantize_mode=mode, calibration_data=best, calibration_method="max",
-                 calibration_eps=["cpu"], high_precision_dtype="fp32", output_path=str(dst),
-                 use_external_data_format=external)
+        np.savez(Path(tmp) / "calibration.npz", **best)
+        cmd = [sys.executable, "-m", "fastblt.export.quantize", "--modelopt", str(work), str(dst), mode,
+               str(Path(tmp) / "calibration.npz"), "1" if _external(src) else "0"]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
+            raise QuantizeError(f"{src.name}: NVIDIA ModelOpt {mode} quantization failed:\n{tail}")
     return {"tool": "nvidia-modelopt", "mode": mode, "calibration": "max"}
+
+
+def _modelopt_child(work: str, dst: str, mode: str, calibration: str, external: str) -> None:
+    from modelopt.onnx.quantization import quantize
+
+    with np.load(calibration, allow_pickle=False) as data:
+        batch = {k: data[k] for k in data.files}
+    quantize(onnx_path=work, quantize_mode=mode, calibration_data=batch, calibration_method="max",
+             calibration_eps=["cpu"], high_precision_dtype="fp32", output_path=dst,
+             use_external_data_format=external == "1")
 
 
 def quantize_graph(src: Path, dst: Path, precision: str, feeds: list[dict[str, np.ndarray]]) -> dict:
@@ -156,3 +172,7 @@ def quantize_graph(src: Path, dst: Path, precision: str, feeds: list[dict[str, n
         shapes = {k: v.shape for k, v in feeds[0].items()} if feeds else {}
         raise QuantizeError(f"{src.name}: ONNX Runtime's static quantization failed ({exc}); {len(feeds)} "
                             f"calibration calls were recorded (first: {shapes})") from None
+
+
+if __name__ == "__main__" and len(sys.argv) == 7 and sys.argv[1] == "--modelopt":
+    _modelopt_child(*sys.argv[2:])
