@@ -81,16 +81,38 @@ def check_request(precisions: tuple[str, ...], engines: str) -> None:
         raise BuildError(f"--engines {engines!r}; valid values are auto, yes, no")
     if engines == "no":
         return
-    from fastblt.runtime.trt_device import check_precision, device_info
+    from fastblt.runtime.trt_device import check_precision, probe
 
-    info = device_info()
+    info, reason = probe()
     if info is None:
         if engines == "yes":
-            raise BuildError("--engines yes needs an NVIDIA GPU with TensorRT (none found); use --engines auto or no")
+            raise BuildError(f"--engines yes needs an NVIDIA GPU with TensorRT, and none is usable here ({reason}); "
+                             f"use --engines auto or no, or install TensorRT: {TRT_INSTALL}")
         return
     for p in precisions:
         if p not in ORT_ONLY:
             check_precision(p, info)
+
+
+# what a user without TensorRT installs (docs/tensorrt.md, "What to install")
+TRT_INSTALL = ("pip install 'fastblt[trt]' (CUDA 13, NVIDIA driver >= 580) or 'fastblt[trt-cu12]' (older drivers); "
+               "on a Jetson, JetPack's TensorRT (docs/tensorrt.md)")
+
+
+def require_engine_device(precisions: tuple[str, ...]):
+    """`blt-export engine` builds on this machine's GPU: without one usable by TensorRT, one error with the reason
+    and the install routes."""
+    from fastblt.runtime.trt_device import check_precision, probe
+
+    info, reason = probe()
+    if info is None:
+        raise BuildError(f"`blt-export engine` builds TensorRT engines on this machine's NVIDIA GPU, and none is "
+                         f"usable here ({reason}); run it on the GPU that will run the engines, after installing "
+                         f"TensorRT: {TRT_INSTALL}")
+    for p in precisions:
+        if p not in ORT_ONLY:
+            check_precision(p, info)
+    return info
 
 
 def build_bundle(model, out: Path, precisions: tuple[str, ...] = ("fp32", "int8"),
@@ -197,7 +219,8 @@ def _build(model, tmp: Path, precisions, block_sizes, engines, heldout, fused, b
                 "special_ids": {"boe": BOE, "bos": BOS, "eos": EOS, "mask": cfg.mask_id, "pad": cfg.pad_id},
                 "patching": {"threshold": cfg.patch_threshold, "max_patch_length": model_dict["max_patch_length"]},
                 "precisions": ["fp32"], "graphs": entries, "validation": validation,
-                "quantization": {}, "engines": [], "tools": _versions(), "hash_table": table_entry}
+                "quantization": {}, "engines": [], "tools": _versions(), "quality": {},
+                "hash_table": table_entry}
     _register(tmp, manifest, "fp32")
     write_manifest(tmp, manifest)
     with blog.stage("held-out bits/byte: torch", len(heldout), "windows") as bar:
@@ -486,7 +509,8 @@ def engine_bundle(bundle: Path, precisions: tuple[str, ...], log=print, bars: bo
     """Build TensorRT engines into an existing bundle (on the target GPU); replaces older engines."""
     from fastblt.runtime.manifest import Manifest
 
-    check_request(("fp32", *precisions) if "fp32" not in precisions else precisions, "yes")
+    check_request(("fp32", *precisions) if "fp32" not in precisions else precisions, "no")
+    require_engine_device(precisions)
     bundle = Path(bundle)
     manifest = Manifest.load(bundle).to_dict()
     missing = [p for p in precisions if p not in manifest["precisions"]]

@@ -50,11 +50,14 @@ def record(backend, prompts: list[bytes], new_bytes: int = 48, limit: int = 64, 
     called after each prompt)."""
     rec = RecordingBackend(backend, limit)
     gen = Generator(rec)
-    cfg = backend.config
+    # a bundle's backend runs the block sizes its manifest lists (a build with --block-sizes may hold fewer
+    # than the model was trained for); the torch reference runs every trained one
+    manifest = getattr(backend, "manifest", None)
+    blocks = backend.config.block_sizes if manifest is None else manifest.block_sizes
     for prompt in prompts:
         gen.generate(prompt, mode="ar", max_new_bytes=new_bytes)
         gen.generate(prompt, mode="blts", max_new_bytes=new_bytes, draft_k=4)
-        for block in cfg.block_sizes:
+        for block in blocks:
             gen.generate(prompt, mode="bltd", max_new_bytes=new_bytes, block_size=block,
                          unmask=UnmaskConfig("confidence", alpha=0.5))
         if progress is not None:

@@ -476,9 +476,15 @@ def inspect(checkpoint, preset, as_json):
         raise click.UsageError("give a CHECKPOINT directory or --preset NAME (one of them)")
     if checkpoint and (Path(checkpoint) / "manifest.json").is_file():
         try:
-            _print_bundle(Path(checkpoint))
+            report = _bundle_report(Path(checkpoint))
         except ValueError as exc:
             _fail(exc)
+        if as_json:
+            click.echo(json.dumps(report, indent=2))
+            return
+        _print_bundle(Path(checkpoint))
+        click.echo(f"  params total {report['total_params']:,d} (hash tables {report['hash_table_params']:,d}); "
+                   + ", ".join(f"{p} {_gib(b)}" for p, b in report["bytes"].items()) + " on disk")
         return
     try:
         report = _inspect_report(checkpoint, preset)
@@ -511,6 +517,32 @@ def inspect(checkpoint, preset, as_json):
         dtypes = ", ".join(f"{k} {v:,}" for k, v in weights["params_by_dtype"].items())
         click.echo(f"  stored             {len(weights['files'])} file(s), {_gib(weights['bytes'])}, "
                    f"{weights['tensors']} tensors ({dtypes} parameters)")
+
+
+def _bundle_report(path: Path) -> dict:
+    """What `inspect BUNDLE --json` prints: the manifest's config, parameter counts (from the config), precisions,
+    graphs, engines, quality, and the bytes each precision's files take on disk (each file counted once)."""
+    from fastblt.graphs.params import param_counts
+    from fastblt.runtime.manifest import Manifest
+
+    m = Manifest.load(path)
+    counts = param_counts(m.config)
+    on_disk: dict[str, dict[str, int]] = {p: {} for p in m.precisions}
+    for entry in m.graphs.values():
+        for precision, gfile in entry.files.items():
+            for f in gfile.all_files:
+                on_disk.setdefault(precision, {})[f.path] = max(f.bytes, 0)
+    if m.hash_table is not None:
+        on_disk["hash_table"] = {f.path: f.bytes for f in m.hash_table.files}
+    total = sum(counts.values())
+    return {
+        "kind": "bundle", "path": str(path), "created": m.created, "config": m.model,
+        "params": counts, "params_from": "config", "total_params": total,
+        "hash_table_params": counts.get("hash_embeddings", 0), "precisions": list(m.precisions),
+        "block_sizes": list(m.block_sizes), "graphs": sorted(m.graphs), "engines": len(m.engines),
+        "bytes": {p: sum(files.values()) for p, files in on_disk.items()},
+        "quality": m.quality, "tools": m.tools,
+    }
 
 
 def _gib(n: int) -> str:

@@ -66,6 +66,10 @@ def hf_config(cfg: BltConfig, vocab_size: int, max_patch_length: int | None) -> 
         "bos_token_id": 1,
         "eos_token_id": 2,
         "pad_token_id": None,
+        # transformers' KV-cache path for BLT (5.x) needs a top-level num_hidden_layers that HF's own converter
+        # does not write either, and with one it runs but its cached greedy bytes differ from its uncached ones
+        # (and from fastblt's): without a cache, `model(ids)` and `generate()` compute the exported model.
+        "use_cache": False,
         "rope_parameters": {"rope_type": "default", "rope_theta": float(cfg.global_transformer.rope_theta)},
         "patcher_config": _stack(cfg.patcher, vocab_size, model_type="blt_patcher",
                                  sliding_window=cfg.patcher.window),

@@ -66,7 +66,8 @@ class Generator:
                unmask: UnmaskConfig | None = None, block_start: str | None = None) -> Iterator[dict]:
         """Events: {"type": "text", "text", "bytes", "n_enc", "n_dec", "bandwidth_gb"} as bytes commit (never
         splitting a UTF-8 character; the paper's counters so far, for live displays),
-        mode events ("draft", "verify", "unmask", "commit"), and a final {"type": "done", "result": Result}.
+        the mode's own events ("unmask": BLT-D and BLT-DV; "draft" and "verify": BLT-S and BLT-DV), and a final
+        {"type": "done", "result": Result}. The modes' internal "commit" events become "text" events here.
 
         BLT-D/BLT-DV take `block_size` and `unmask` (confidence α, entropy-bounded γ or one-step); BLT-S takes
         `draft_k`. `block_start` places BLT-D/BLT-DV blocks at the open patch's start ("patch", as in training)

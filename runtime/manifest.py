@@ -311,26 +311,27 @@ class Manifest:
             BltConfig.from_dict(model, f"{where}: model")
         except ConfigError as exc:
             raise BundleError(f"{where}: field 'model': {exc}; {REBUILD_HINT}") from None
-        block_sizes = _get(data, "block_sizes", list, where, [])
-        precisions = _get(data, "precisions", list, where, ["fp32"])
+        block_sizes = _get(data, "block_sizes", list, where)
+        precisions = _get(data, "precisions", list, where)
         if not all(isinstance(b, int) and not isinstance(b, bool) for b in block_sizes):
             raise BundleError(f"{where}: field 'block_sizes' must be a list of integers; {REBUILD_HINT}")
         if not all(isinstance(p, str) for p in precisions):
             raise BundleError(f"{where}: field 'precisions' must be a list of names; {REBUILD_HINT}")
-        graphs = _get(data, "graphs", dict, where, {})
-        engines = _get(data, "engines", list, where, [])
+        graphs = _get(data, "graphs", dict, where)
+        if not graphs:
+            raise BundleError(f"{where}: field 'graphs' lists no graph; {REBUILD_HINT}")
+        engines = _get(data, "engines", list, where)
         return cls(
-            root=Path(root), model=model, created=_get(data, "created", str, where, None),
-            opset=_get(data, "opset", int, where, None), block_sizes=tuple(block_sizes),
-            special_ids=_get(data, "special_ids", dict, where, {}), patching=_get(data, "patching", dict, where, {}),
+            root=Path(root), model=model, created=_get(data, "created", str, where),
+            opset=_get(data, "opset", int, where), block_sizes=tuple(block_sizes),
+            special_ids=_get(data, "special_ids", dict, where), patching=_get(data, "patching", dict, where),
             precisions=tuple(precisions),
             graphs={k: GraphEntry.from_dict(k, e, f"{where}: graphs.{k}") for k, e in graphs.items()},
-            validation=_get(data, "validation", dict, where, {}),
-            quantization=_get(data, "quantization", dict, where, {}),
+            validation=_get(data, "validation", dict, where),
+            quantization=_get(data, "quantization", dict, where),
             engines=tuple(EngineEntry.from_dict(e, f"{where}: engines[{i}]") for i, e in enumerate(engines)),
-            tools=_get(data, "tools", dict, where, {}), quality=_get(data, "quality", dict, where, {}),
-            hash_table=HashTableEntry.from_dict(data["hash_table"], f"{where}: hash_table")
-            if data.get("hash_table") is not None else None,
+            tools=_get(data, "tools", dict, where), quality=_get(data, "quality", dict, where),
+            hash_table=HashTableEntry.from_dict(_get(data, "hash_table", dict, where), f"{where}: hash_table"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -358,7 +359,8 @@ class Manifest:
 
     def entry(self, key: str) -> GraphEntry:
         if key not in self.graphs:
-            raise BundleError(f"{self.root}: the manifest has no graph {key!r} (graphs: {sorted(self.graphs)})")
+            raise BundleError(f"{self.root}: the manifest has no graph {key!r} (graphs: {sorted(self.graphs)}); "
+                              f"{REBUILD_HINT}")
         return self.graphs[key]
 
     def spec(self, key: str) -> GraphSpec:

@@ -107,8 +107,10 @@ class OrtBackend(BackendBase):
             raise ValueError(f"graph {graph!r} runs in place in the fused layout (run_in_place); open the backend "
                              "with layout='standard' to call it with run")
         if session is None:
-            raise BundleError(f"this bundle has no decoder_block for block size {feeds['states'].shape[1]} "
-                              f"(it has {list(self.manifest.block_sizes)}); rebuild with --block-sizes")
+            size = feeds["states"].shape[1]
+            raise BundleError(f"this bundle has no decoder_block for block size {size} (it has "
+                              f"{list(self.manifest.block_sizes)}): use one of those block sizes, or rebuild the "
+                              f"bundle with `blt-export build --block-sizes` listing {size}")
         outs = session.run(None, feeds)
         return dict(zip(spec.output_names, outs, strict=True))
 

@@ -107,3 +107,22 @@ def test_cli_export_hf(tmp_path):
     assert load_model(tmp_path / "hf2").config.vocab_size == 262
     res = runner.invoke(export_main, ["export-hf", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
     assert res.exit_code == 1 and "no such checkpoint directory" in res.output and "Traceback" not in res.output
+
+
+def test_plain_forward_and_generate_in_transformers_equal_fastblt(tmp_path):
+    """The exported config carries use_cache: false, so the calls a user writes first work: `model(ids)` and
+    `generate(ids)` (no use_cache argument) run the exported model and agree with fastblt, logits and greedy bytes.
+    transformers' cached BLT path needs a num_hidden_layers that no BLT config carries."""
+    transformers = pytest.importorskip("transformers")
+    model = _tiny(seed=1, max_patch_length=None)
+    path = save_hf(model, tmp_path / "hf")
+    assert json.loads((path / "config.json").read_text())["use_cache"] is False
+    hf = transformers.BltForCausalLM.from_pretrained(path).eval()
+    ids = IDS[0]
+    with torch.no_grad():
+        assert (hf(ids).logits - _logits(model, ids)[..., :260]).abs().max().item() <= 1e-4
+        out = hf.generate(ids, max_new_tokens=12, do_sample=False)
+        seq = ids
+        for _ in range(12):
+            seq = torch.cat([seq, _logits(model, seq)[:, -1:, :260].argmax(-1)], 1)
+    assert torch.equal(out, seq)

@@ -124,3 +124,32 @@ def test_unknown_graph_and_precision_name_the_fix(tmp_path):
         m.graph_file("encoder")
     with pytest.raises(BundleError, match=r"no int8 file.*--precision int8"):
         m.graph_file("patcher", "int8")
+
+
+REQUIRED = ("created", "model", "opset", "block_sizes", "special_ids", "patching", "precisions", "graphs",
+            "validation", "quantization", "engines", "tools", "quality", "hash_table")
+
+
+@pytest.mark.parametrize("name", REQUIRED)
+def test_every_missing_field_is_named_with_the_fix(tmp_path, name):
+    """docs/bundles.md: a missing field is a BundleError naming the field and the fix (a rebuild)."""
+    data = _v1()
+    del data[name]
+    _write(tmp_path, data)
+    with pytest.raises(BundleError, match=rf"field {name!r} is missing; rebuild the bundle with `blt-export build`"):
+        Manifest.load(tmp_path)
+
+
+def test_the_required_fields_are_every_field_of_the_schema():
+    import dataclasses
+
+    assert set(REQUIRED) == {f.name for f in dataclasses.fields(Manifest)} - {"root"}
+
+
+def test_a_manifest_without_graphs_names_the_fix(tmp_path):
+    _write(tmp_path, _v1(graphs={}))
+    with pytest.raises(BundleError, match=r"field 'graphs' lists no graph; rebuild the bundle"):
+        Manifest.load(tmp_path)
+    _write(tmp_path, _v1())
+    with pytest.raises(BundleError, match=r"no graph 'encoder' \(graphs: .*\); rebuild the bundle"):
+        Manifest.load(tmp_path).entry("encoder")

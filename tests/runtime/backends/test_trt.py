@@ -53,6 +53,8 @@ def _bundle(root, engine_bytes=b"plan-bytes"):
                        "data": {"path": "table.bin", "sha256": hashlib.sha256(table).hexdigest(),
                                 "bytes": len(table)}},
         "model": tiny_config().to_dict(), "precisions": ["fp32"], "block_sizes": [],
+        "created": "2026-01-01T00:00:00+00:00", "opset": 18, "special_ids": {}, "patching": {}, "validation": {},
+        "quantization": {}, "tools": {}, "quality": {},
         "graphs": {"patcher": {"graph": "patcher", "block_size": None,
                                "files": {"fp32": {"path": "fp32/patcher.onnx", "sha256": onnx_sha}}}},
         "engines": [{"graph_key": "patcher", "precision": "fp32", "path": "engines/p.plan",
