@@ -248,6 +248,36 @@ def scale_cmd(work, preset, precisions, new_bytes):
     click.echo(json.dumps({k: v for k, v in results.items() if k.startswith(("stages", "generate"))}, indent=2))
 
 
+@main.command("precision")
+@click.option("--bundle", required=True, type=click.Path(), help="Bundle with fp32 and the precisions to compare "
+              "(e.g. `blt-export build --precision fp32,fp16,bf16,int8-dynamic,int4`).")
+@click.option("--checkpoint", type=click.Path(), default=None,
+              help="The checkpoint the bundle was built from, for the torch bf16 row (default: the bundled model).")
+@click.option("--windows", type=int, default=200, show_default=True, help="Held-out 256-byte windows.")
+@click.option("--prompts", type=int, default=8, show_default=True, help="Prompts for greedy BLT-S/BLT-DV vs AR.")
+@click.option("--new-bytes", type=int, default=64, show_default=True)
+@click.option("--int4-blocks", default="32,64,128", show_default=True, help="MatMulNBits block sizes to compare.")
+@click.option("--ablations/--no-ablations", default=True, show_default=True,
+              help="Also measure fp16 without each fp32 island and int4 at each block size.")
+@click.option("--out", default=DEFAULT_OUT, show_default=True, help="Folder for precision.json and precision.md.")
+@errors
+def precision_cmd(bundle, checkpoint, windows, prompts, new_bytes, int4_blocks, ablations, out):
+    """Quality, size and speed of every precision of a bundle, side by side, and the measured choices behind fp16's
+    fp32 islands and int4's block size (docs/scale.md quotes it)."""
+    from fastblt.benchmarks.common import machine_line
+    from fastblt.benchmarks.precision import markdown, run_precision
+
+    results = run_precision(bundle, checkpoint, windows, prompts, new_bytes, _ints(int4_blocks, "int4-blocks"),
+                            ablations, log=lambda m: click.echo(m, err=True))
+    data = {"machine": MACHINE or machine(), "command": "blt-bench " + shlex.join(sys.argv[1:]), "results": results}
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_file(out_dir / "precision.json", json.dumps(data, indent=1, default=str) + "\n")
+    text = markdown(results, machine_line(data["machine"]))
+    atomic_file(out_dir / "precision.md", text)
+    click.echo(text)
+
+
 @main.command("all")
 @source_options
 @click.option("--anchor/--no-anchor", "with_anchor", default=True, show_default=True,
@@ -274,6 +304,50 @@ def all_cmd(bundle, checkpoint, backend, precision, device, out, quiet, with_anc
         sections["anchor"] = _anchor("trained", 1024, 64, 3 if fast else 5, 2 if fast else 3, "8,16",
                                      "fp32,int8-dynamic", 2, out, quiet)
     finish("bench", sections, out, quiet)
+
+
+@main.command("readme")
+@click.option("--readme", "path", type=click.Path(), default="README.md", show_default=True,
+              help="The Markdown file whose generated regions to fill.")
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 when a region differs from its results file.")
+def readme_cmd(path, check):
+    """Fill README.md's generated regions (measured numbers) from their results files (benchmarks/readme.py)."""
+    from fastblt.benchmarks import readme
+
+    target = Path(path)
+    try:
+        text = target.read_text(encoding="utf-8")
+        filled = readme.fill(text)
+    except (BenchError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    names = ", ".join(name for name, *_ in readme.regions(text))
+    if check:
+        if filled != text:
+            raise click.ClickException(f"{target}: generated regions ({names}) differ from their results files; "
+                                       "run `blt-bench readme` and commit the result")
+        click.echo(f"{target}: generated regions up to date ({names})")
+        return
+    if filled != text:
+        atomic_file(target, filled)
+    click.echo(f"{target}: {'rewrote' if filled != text else 'unchanged,'} generated regions ({names})")
+
+
+@main.command("bundle-quality")
+@click.option("--bundle", required=True, type=click.Path(), help="A bundle from `blt-export build`.")
+@click.option("--command", "build_command", required=True,
+              help="The command that built it (quoted in the README), e.g. 'blt-export build --out B'.")
+@click.option("--out", type=click.Path(), default="docs/benchmarks/default-bundle.json", show_default=True)
+def bundle_quality_cmd(bundle, build_command, out):
+    """Record a bundle's held-out quality per precision (its manifest) with the machine and commit, as the
+    results file of the README's bundle-quality region."""
+    from fastblt.benchmarks import readme
+
+    try:
+        data = readme.bundle_quality_record(Path(bundle), build_command, machine())
+    except (BenchError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    atomic_file(Path(out), json.dumps(data, indent=1) + "\n")
+    click.echo(f"wrote {out}")
 
 
 @main.command("report")

@@ -28,6 +28,7 @@ class RecordingBackend(BackendBase):
         self.inner, self.limit, self.max_bytes = inner, limit, max_bytes
         self.name, self.config, self.specs = "recording", inner.config, inner.specs
         self.hash_table = inner.hash_table
+        self.cache_dtype = inner.cache_dtype
         self.fused_block_rows = inner.fused_block_rows  # record the calls the inner backend would get
         self.records: dict[str, list[tuple[dict, dict]]] = defaultdict(list)
         self.bytes: dict[str, int] = defaultdict(int)

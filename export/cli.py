@@ -274,13 +274,14 @@ def _build_inputs(checkpoint, hash_table: str, **options):
 @click.argument("checkpoint", required=False, type=click.Path())
 @click.option("--out", required=True, type=click.Path(), help="Bundle directory (written atomically).")
 @click.option("--precision", "precisions", default="fp32,int8", show_default=True,
-              help="Comma-separated: fp32 (always), int8, fp8 (Q/DQ, for TensorRT), int8-dynamic (ORT CPU).")
+              help="Comma-separated: fp32 (always), fp16, bf16 (GPUs, Jetson), int8, fp8 (Q/DQ, for TensorRT), "
+                   "int8-dynamic, int4 (ORT CPU).")
 @click.option("--block-sizes", default=None, help="decoder_block sizes to export (default: all trained).")
 @click.option("--engines", type=click.Choice(["auto", "yes", "no"]), default="auto", show_default=True,
               help="TensorRT engines: auto = when an NVIDIA GPU with TensorRT is present.")
 @click.option("--fused/--no-fused", default=True, show_default=True,
-              help="Also write the fused ONNX Runtime CPU layout (GroupQueryAttention, in-place caches) for fp32 "
-                   "and int8-dynamic.")
+              help="Also write the fused ONNX Runtime CPU layout (GroupQueryAttention, in-place caches) for fp32, "
+                   "int8-dynamic and int4.")
 @click.option("--hash-table", type=click.Choice(["auto", "float32", "bfloat16", "float16", "int8"]), default="auto",
               show_default=True, help="Storage of the bundle's hash n-gram table file (auto: the checkpoint's dtype; "
                                       "int8: one fp32 scale per row).")
@@ -365,6 +366,7 @@ def check(bundle, polygraphy, checkpoint):
     try:
         import time
 
+        from fastblt.graphs.precisions import PRECISIONS
         from fastblt.runtime.backends.ort import OrtBackend
         from fastblt.runtime.generator import Generator
         from fastblt.runtime.manifest import Manifest
@@ -375,6 +377,10 @@ def check(bundle, polygraphy, checkpoint):
         click.echo(f"sha256 of every listed file verified ({len(manifest.listed_files())} files, {hashed / 1e9:.2f} GB "
                    f"in {time.perf_counter() - t0:.1f} s)")
         for precision in manifest.precisions:
+            if precision in PRECISIONS and not PRECISIONS[precision].cpu:
+                click.echo(f"{precision}: files verified; not run (ONNX Runtime's CPU provider has no {precision} "
+                           "kernels; run it on a GPU)")
+                continue
             with Generator(OrtBackend(manifest, precision)) as gen:
                 result = gen.generate("def main():", max_new_bytes=16)
             click.echo(f"{precision}: all graphs verified and loaded; greedy sample {result.text!r}")

@@ -25,9 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-PRECISIONS = ("fp32", "int8", "fp8", "int8-dynamic")
-ORT_ONLY = ("int8-dynamic",)  # precisions TensorRT engines are never built from
+from fastblt.graphs.precisions import HALF, NAMES, TRT
+
+PRECISIONS = NAMES
+ORT_ONLY = tuple(p for p in NAMES if p not in TRT)  # precisions TensorRT engines are never built from
 BLOCK = 32  # int8-dynamic: weights per scale, and activations quantized per row in blocks of this many
+# int4: weights per scale, chosen by `blt-bench precision --int4-blocks` (docs/scale.md): at accuracy level 4
+# (int8 activations, integer dot products) a block of 32 costs the least held-out bits/byte for the speed
+INT4_BLOCK = 32
+ACCURACY_LEVEL = 4
 MODELOPT_HINT = ("pip install --no-deps nvidia-modelopt==0.47.0 onnx-graphsurgeon (its [onnx] extra pins an old "
                  "onnx and onnxruntime-gpu, so install it without the extra, next to onnx and onnxruntime)")
 
@@ -101,7 +107,10 @@ def quantize_ort_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]]) 
     return {"tool": "onnxruntime.quantize_static", "quantized_nodes": len(nodes), "calibration_calls": len(feeds)}
 
 
-def quantize_ort_dynamic(src: Path, dst: Path) -> dict:
+def quantize_ort_dynamic(src: Path, dst: Path, bits: int = 8, block: int = BLOCK,
+                         accuracy_level: int = ACCURACY_LEVEL) -> dict:
+    """Weight-only MatMulNBits (8 or 4 bits, symmetric, one scale per `block` weights of a column); with
+    accuracy level 4 ORT quantizes each call's activations to int8 per row and block and multiplies in integers."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
@@ -109,7 +118,8 @@ def quantize_ort_dynamic(src: Path, dst: Path) -> dict:
     if not nodes:
         _copy_graph(src, dst)
         return {"tool": "none (no weight MatMul)", "quantized_nodes": 0}
-    config = DefaultWeightOnlyQuantConfig(block_size=BLOCK, is_symmetric=True, accuracy_level=4, bits=8)
+    config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=accuracy_level,
+                                          bits=bits)
     model = onnx.load(str(src))
     others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in nodes]
     quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=others, algo_config=config)  # (include only adds)
@@ -118,8 +128,8 @@ def quantize_ort_dynamic(src: Path, dst: Path) -> dict:
     # external data when the source had it: 8-bit weights of a 5 GB graph are still over protobuf's 2 GiB
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=_external(src))
     del quantizer, model
-    return {"tool": "onnxruntime MatMulNBitsQuantizer", "bits": 8, "block_size": BLOCK, "accuracy_level": 4,
-            "quantized_nodes": len(nodes)}
+    return {"tool": "onnxruntime MatMulNBitsQuantizer", "bits": bits, "block_size": block,
+            "accuracy_level": accuracy_level, "quantized_nodes": len(nodes)}
 
 
 def quantize_modelopt(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], mode: str) -> dict:
@@ -160,6 +170,15 @@ def quantize_graph(src: Path, dst: Path, precision: str, feeds: list[dict[str, n
         raise QuantizeError(f"precision {precision!r}; quantized precisions are {list(PRECISIONS[1:])}")
     if precision == "int8-dynamic":  # scales come from each call's activations: no calibration
         return quantize_ort_dynamic(src, dst)
+    if precision == "int4":
+        return quantize_ort_dynamic(src, dst, bits=4, block=INT4_BLOCK)
+    if precision in HALF:
+        from fastblt.export.half import HalfError, convert_half
+
+        try:
+            return convert_half(src, dst, precision)
+        except HalfError as exc:
+            raise QuantizeError(str(exc)) from None
     if not feeds:
         raise QuantizeError(f"{src.name}: no calibration inputs were recorded for this graph")
     if precision == "fp8":

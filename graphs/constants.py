@@ -23,8 +23,20 @@ HASH_PRIMES = (
 MAX_CHUNK = 512  # most new bytes one patcher/encoder/decoder_step call takes (prefill is chunked to this)
 ROLLBACK_SLACK = 64  # cache entries kept beyond the local window so drafts can be rolled back
 
-# Tensor dtypes a graph spec may name; each is also its numpy dtype's name (np.dtype(name)).
-TENSOR_DTYPES = ("int64", "int32", "float32", "bool")
+# Tensor dtypes a graph spec may name; each is also its numpy dtype's name (numpy_dtype(name); bfloat16 is
+# ml_dtypes' type, which onnx installs)
+TENSOR_DTYPES = ("int64", "int32", "float32", "bool", "float16", "bfloat16")
+
+
+def numpy_dtype(name: str):
+    """The numpy dtype of a spec dtype name (bfloat16 through ml_dtypes, imported only when asked)."""
+    import numpy as np
+
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
 
 
 def graph_key(graph: str, block_size: int | None = None) -> str:

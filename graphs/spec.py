@@ -38,13 +38,15 @@ class GraphSpec:
         return tuple(o.name for o in self.outputs)
 
 
-def _cache(cfg: TransformerConfig, prefix: str, length: str) -> tuple[TensorSpec, TensorSpec]:
-    shape = (cfg.n_layers, "b", cfg.kv_heads, length, cfg.head_dim)
-    return TensorSpec(f"{prefix}_key", "float32", shape), TensorSpec(f"{prefix}_value", "float32", shape)
-
-
-def graph_specs(cfg: BltConfig) -> dict[str, GraphSpec]:
+def graph_specs(cfg: BltConfig, cache_dtype: str = "float32") -> dict[str, GraphSpec]:
+    """`cache_dtype`: the KV caches' dtype (graphs/precisions.py: half in the fp16/bf16 graphs); every other
+    float input and output is float32 in every precision."""
     d, k, v = cfg.encoder.dim, cfg.cross_attn_k, cfg.vocab_size
+
+    def _cache(sub: TransformerConfig, prefix: str, length: str) -> tuple[TensorSpec, TensorSpec]:
+        shape = (sub.n_layers, "b", sub.kv_heads, length, sub.head_dim)
+        return TensorSpec(f"{prefix}_key", cache_dtype, shape), TensorSpec(f"{prefix}_value", cache_dtype, shape)
+
     ids = TensorSpec("ids", "int64", ("b", "t"))
     pos = TensorSpec("positions", "int64", ("b", "t"))
     return {
@@ -105,7 +107,7 @@ FUSED_OPTIONAL = ("draft_step",)
 SECOND_CACHE = "decoder_"  # name prefix of draft_step's decoder cache inputs, outputs and past_length
 
 
-def fused_graph_specs(cfg: BltConfig) -> dict[str, GraphSpec]:
+def fused_graph_specs(cfg: BltConfig, cache_dtype: str = "float32") -> dict[str, GraphSpec]:
     """The fused layout (graphs/incremental/fused.py): the standard inputs minus the stacked cache, plus
     `past_length` [1] (int32) and one cache buffer per layer [1, h_kv, C, d] in and (updated in place) out.
     Batch is 1: ORT's GroupQueryAttention takes several new rows over a cache only for a single sequence.
@@ -119,12 +121,12 @@ def fused_graph_specs(cfg: BltConfig) -> dict[str, GraphSpec]:
     def caches(sub: TransformerConfig, prefix: str = "") -> tuple[list[TensorSpec], list[TensorSpec]]:
         shape = (1, sub.kv_heads, "C", sub.head_dim)
         slots = [f"{part}_{i}" for i in range(sub.n_layers) for part in ("key", "value")]
-        return ([TensorSpec(f"{prefix}past_{s}", "float32", shape) for s in slots],
-                [TensorSpec(f"{prefix}present_{s}", "float32", shape) for s in slots])
+        return ([TensorSpec(f"{prefix}past_{s}", cache_dtype, shape) for s in slots],
+                [TensorSpec(f"{prefix}present_{s}", cache_dtype, shape) for s in slots])
 
     length = TensorSpec("past_length", "int32", (1,))
     out = {}
-    for name, spec in graph_specs(cfg).items():
+    for name, spec in graph_specs(cfg, cache_dtype).items():
         if name not in FUSED_GRAPHS:
             continue
         past, present = caches(getattr(cfg, spec.stack))

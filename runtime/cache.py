@@ -18,11 +18,12 @@ COMPACT_EVERY = 64  # one memmove of `keep` entries per 64 appended, against att
 
 
 class KVCache:
-    def __init__(self, n_layers: int, heads: int, head_dim: int, window: int | None, slack: int = 64) -> None:
+    def __init__(self, n_layers: int, heads: int, head_dim: int, window: int | None, slack: int = 64,
+                 dtype=np.float32) -> None:
         self.window = window
         self.keep = None if window is None else window - 1 + slack
         cap = 64 if self.keep is None else 2 * self.keep + 64
-        self.k = np.zeros((n_layers, 1, heads, cap, head_dim), dtype=np.float32)
+        self.k = np.zeros((n_layers, 1, heads, cap, head_dim), dtype=dtype)
         self.v = np.zeros_like(self.k)
         self.start = 0  # absolute position of slot 0
         self.length = 0  # filled slots

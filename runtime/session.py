@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from fastblt.graphs.constants import MAX_CHUNK, ROLLBACK_SLACK
+from fastblt.graphs.constants import MAX_CHUNK, ROLLBACK_SLACK, numpy_dtype
 from fastblt.runtime import host
 from fastblt.runtime.bias import block_bias, fused_bias
 from fastblt.runtime.cache import KVCache
@@ -53,8 +53,9 @@ class Session:
         self._table = backend.hash_table
         cfg = self.config = backend.config
         self.slack = slack
+        dtype = numpy_dtype(backend.cache_dtype)  # half in the fp16/bf16 graphs
         self.caches = {
-            graph: KVCache(sub.n_layers, sub.kv_heads, sub.head_dim, sub.window, slack)
+            graph: KVCache(sub.n_layers, sub.kv_heads, sub.head_dim, sub.window, slack, dtype)
             for graph, sub in (("patcher", cfg.patcher), ("encoder", cfg.encoder),
                                ("global", cfg.global_transformer), ("decoder", cfg.decoder))
         }

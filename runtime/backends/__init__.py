@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from fastblt.graphs.config import BltConfig
+from fastblt.graphs.constants import numpy_dtype
 from fastblt.graphs.spec import GraphSpec
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ class Backend(Protocol):
     # up to one of them); None: any count (dynamic shapes); empty: never fused
     fused_block_rows: frozenset[int] | None
     hash_table: HashTable  # the hash n-gram tables the session gathers `hash_embeds` from (runtime/hash_table.py)
+    cache_dtype: str  # the KV caches' dtype name (graphs/precisions.py), which the session allocates them in
 
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
@@ -54,6 +56,7 @@ class BackendBase:
     (sessions, engines, streams) however the block ends."""
 
     name = "backend"
+    cache_dtype = "float32"
     in_place_graphs: frozenset[str] = frozenset()
     fused_block_rows: frozenset[int] | None = None
 
@@ -89,7 +92,7 @@ def check_feeds(spec: GraphSpec, feeds: dict[str, np.ndarray]) -> None:
                         f"expected {list(spec.input_names)}")
     for ts in spec.inputs:
         arr = feeds[ts.name]
-        if not isinstance(arr, np.ndarray) or arr.dtype != np.dtype(ts.dtype):
+        if not isinstance(arr, np.ndarray) or arr.dtype != numpy_dtype(ts.dtype):
             got = arr.dtype if isinstance(arr, np.ndarray) else type(arr).__name__
             raise FeedError(f"graph {spec.name!r}: input {ts.name!r} must be a numpy {ts.dtype} array, got {got}")
         if arr.ndim != len(ts.shape):

@@ -20,6 +20,8 @@ import warnings
 import numpy as np
 
 from fastblt.graphs.constants import feed_key, fused_key, graph_key
+from fastblt.graphs.precisions import PRECISIONS, PrecisionUnknown, cache_dtype
+from fastblt.graphs.precisions import precision as precision_info
 from fastblt.graphs.spec import FUSED_GRAPHS, FUSED_OPTIONAL, fused_graph_specs, graph_specs
 from fastblt.runtime.backends import BackendBase, resolve, static_fused_rows
 from fastblt.runtime.manifest import BundleError, Manifest
@@ -45,12 +47,14 @@ class OrtBackend(BackendBase):
         if layout not in LAYOUTS:
             raise ValueError(f"layout {layout!r}; valid layouts are {list(LAYOUTS)}")
         self.manifest = bundle if isinstance(bundle, Manifest) else Manifest.load(bundle)
+        _check_device(self.manifest, precision, device)
         if precision not in self.manifest.precisions:
             raise BundleError(f"{self.manifest.root}: no {precision} graphs in this bundle (it has "
                               f"{list(self.manifest.precisions)}); rebuild with "
                               f"`blt-export build --precision {precision}`")
         self.config = self.manifest.config
-        self.specs = graph_specs(self.config)
+        self.cache_dtype = cache_dtype(precision)
+        self.specs = graph_specs(self.config, self.cache_dtype)
         self.precision, self.check = precision, check
         self.hash_table = self.manifest.open_hash_table()
         self.fused_block_rows = static_fused_rows(self.manifest.block_sizes)
@@ -75,7 +79,7 @@ class OrtBackend(BackendBase):
         if fused:
             from fastblt.runtime.backends.ort_inplace import InPlaceGraph
 
-            fused_specs = fused_graph_specs(self.config)
+            fused_specs = fused_graph_specs(self.config, self.cache_dtype)
             try:
                 self._in_place = {g: InPlaceGraph(session(fused_key(g), g), fused_specs[g]) for g in fused}
             except ort_errors() as e:  # an ONNX Runtime without these contrib-op inputs (e.g. GQA position_ids)
@@ -142,6 +146,20 @@ class OrtBackend(BackendBase):
         self.sessions.clear()
         self._in_place = {}
         self.in_place_graphs = frozenset()
+
+
+def _check_device(manifest: Manifest, precision: str, device: str) -> None:
+    """A precision ONNX Runtime's CPU provider has no kernels for (bf16) is one clear error naming the bundle's
+    precisions that would run, before any session is created."""
+    try:
+        info = precision_info(precision)
+    except PrecisionUnknown as exc:
+        raise BundleError(f"{exc}; this bundle has {list(manifest.precisions)}") from None
+    if device == "cpu" and not info.cpu:
+        usable = [p for p in manifest.precisions if p in PRECISIONS and PRECISIONS[p].cpu]
+        raise BundleError(f"{precision} does not run on ONNX Runtime's CPU provider (it has no {precision} kernels); "
+                          f"on this CPU use one of {usable} from this bundle, or run {precision} on a GPU "
+                          f"(device='cuda', or the trt backend)")
 
 
 def ort_errors() -> tuple[type[Exception], ...]:
