@@ -69,17 +69,17 @@ def _folder_bytes(root: Path, precision: str) -> int:
 
 
 def variant(bundle: Path, precision: str, make, work: Path) -> Path:
-    """A copy of `bundle` (hard links) holding fp32 and one `precision` made by make(src, dst) per graph."""
+    """A copy of `bundle` (hard links, copies of external data) holding fp32 and one `precision` made by make(src, dst) per graph."""
     from fastblt.export.bundle import _has_precision, _register
-    from fastblt.runtime.manifest import write_manifest
+    from fastblt.runtime.manifest import Manifest, write_manifest
 
     root = work / f"variant-{len(list(work.iterdir()))}"
     root.mkdir()
-    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest = Manifest.load(bundle).to_dict()
     for sub in ("fp32", "hash_table"):
         (root / sub).mkdir()
-        for f in (bundle / sub).iterdir():
-            os.link(f, root / sub / f.name)
+        for f in (bundle / sub).iterdir():  # onnx refuses hard-linked external data: those files are copied
+            (shutil.copyfile if f.name.endswith(".data") else os.link)(f, root / sub / f.name)
     for entry in manifest["graphs"].values():
         entry["files"] = {"fp32": entry["files"]["fp32"]}
     manifest.update(precisions=["fp32"], engines=[], quantization={})

@@ -345,10 +345,13 @@ def _check_widened(root: Path, manifest: dict, keys: list[str], precision: str, 
                     "through torch"}
 
 
-def quantize_bundle(bundle: Path, precisions: tuple[str, ...], log=print, bars: bool = False) -> Path:
-    """Add quantized precisions to an existing bundle (calibrated through its own FP32 graphs; no torch)."""
+def quantize_bundle(bundle: Path, precisions: tuple[str, ...], log=print, bars: bool = False,
+                    heldout_windows: int = 16, calibration_prompts: int = 4) -> Path:
+    """Add precisions to an existing bundle (calibrated through its own FP32 graphs; no torch). Real-text calls
+    are recorded only when a precision needs them (int8, fp8 calibration; the widened bf16 check): fp16, int4
+    and int8-dynamic are made from the weights alone, which at BLT-1B scale saves minutes of fp32 generation."""
     from fastblt.export.calibration import greedy_texts, prompts_from, record
-    from fastblt.graphs.training.data import heldout_windows
+    from fastblt.graphs.training.data import heldout_windows as windows
     from fastblt.runtime.backends.ort import OrtBackend
     from fastblt.runtime.manifest import Manifest
 
@@ -357,11 +360,13 @@ def quantize_bundle(bundle: Path, precisions: tuple[str, ...], log=print, bars: 
     manifest = Manifest.load(bundle).to_dict()  # the working copy the stages add to; written back through the schema
     with atomic_dir(bundle, start_from_existing=True) as tmp, _log_kept_on_failure(tmp, log):
         with BuildLog(tmp / BUILD_LOG, log, bars, bundle / BUILD_LOG) as blog:
-            heldout = heldout_windows(None, 256, 16)
+            heldout = windows(None, 256, heldout_windows)
             prompts = prompts_from(heldout, 8)
-            with blog.stage("calibration: real-text inputs", 4 + len(prompts), "prompts") as bar, \
+            n_cal = calibration_prompts if any(precision_info(p).calibrated or not precision_info(p).cpu
+                                               for p in precisions) else 0
+            with blog.stage("calibration: real-text inputs", n_cal + len(prompts), "prompts") as bar, \
                     OrtBackend(tmp, "fp32", layout="standard") as fp32:  # records the standard graphs' inputs
-                rec = record(fp32, prompts[:4], progress=bar.update)
+                rec = record(fp32, prompts[:n_cal], progress=bar.update)
                 reference = greedy_texts(fp32, prompts, progress=bar.update)
             quality = manifest.setdefault("quality", {})
             add_precisions(tmp, manifest, list(precisions), rec, heldout, prompts, quality, blog, reference)

@@ -329,10 +329,17 @@ def onnx(checkpoint, out, block_sizes, fused):
 
 @main.command()
 @click.argument("bundle", type=click.Path())
-@click.option("--precision", "precisions", default="int8", show_default=True)
-def quantize(bundle, precisions):
-    """Add quantized graphs (int8, fp8) to an existing bundle, calibrated on real text."""
-    _bundle_stage("quantize_bundle", bundle, precisions)
+@click.option("--precision", "precisions", default="int8", show_default=True,
+              help="Comma-separated: fp16, bf16, int8, fp8, int8-dynamic, int4.")
+@click.option("--heldout-windows", type=int, default=16, show_default=True,
+              help="256-byte held-out windows each precision's bits/byte is measured on.")
+@click.option("--calibration-prompts", type=int, default=4, show_default=True,
+              help="Prompts generated in every mode to record real inputs (int8, fp8 and the bf16 check only).")
+def quantize(bundle, precisions, heldout_windows, calibration_prompts):
+    """Add precisions to an existing bundle: converted or quantized from its fp32 graphs (int8 and fp8 calibrated
+    on real text), each measured on held-out text."""
+    _bundle_stage("quantize_bundle", bundle, precisions, heldout_windows=heldout_windows,
+                  calibration_prompts=calibration_prompts)
 
 
 @main.command()
@@ -343,12 +350,12 @@ def engine(bundle, precisions):
     _bundle_stage("engine_bundle", bundle, precisions)
 
 
-def _bundle_stage(function: str, bundle: str, precisions: str) -> None:
+def _bundle_stage(function: str, bundle: str, precisions: str, **options) -> None:
     try:
         from fastblt.export import bundle as stages
 
         getattr(stages, function)(Path(bundle), tuple(p.strip() for p in precisions.split(",") if p.strip()),
-                                  log=_say, bars=_bars())
+                                  log=_say, bars=_bars(), **options)
     except (ValueError, OSError, RuntimeError) as exc:
         _fail(exc)
     _print_bundle(Path(bundle))
@@ -400,7 +407,7 @@ def _print_bundle(path: Path) -> None:
     click.echo(f"bundle {path}: precisions {list(m.precisions)}, block sizes {list(m.block_sizes)}, "
                f"{len(m.graphs)} graphs, {len(m.engines)} engines")
     for name, q in m.quality.items():
-        if "heldout_bpb" in q:
+        if q.get("heldout_bpb") is not None:
             agree = q.get("greedy_agreement_vs_fp32", {}).get("identical")
             extra = f", greedy identical to fp32 on {agree:.0%} of prompts" if agree is not None else ""
             click.echo(f"  {name:6s} held-out bits/byte {q['heldout_bpb']:.4f}{extra}")

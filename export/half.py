@@ -8,7 +8,13 @@ What stays fp32 is found in the graph, not listed by node name, so the rule hold
   scores and probabilities are fp32; the q·k and p·v MatMuls run in half.
 - `tables`: everything computed without a float activation: RoPE angles and their cos/sin (positions up to
   the thousands lose whole radians in fp16), attention masks and constants.
-- `head`: the logits/entropy head back to and including its MatMul (a 260-row weight), so logits are fp32.
+- `head`: the logits/entropy head back to and including its MatMul (a 260-row weight), so logits are fp32, and
+  the projection that makes any other float output (the global model's `memory`: up to 4.4e4 in the default
+  model, over fp16's 6.55e4 in some calls), reached back through shape-only ops.
+- `residual`: the residual stream, i.e. each Add of a weight MatMul's output (attention or FFN projection)
+  to an activation. A trained model's residual stream can outgrow fp16: the default model's global stack
+  reaches 4.4e4 against fp16's 6.55e4 maximum, and without this island its fp16 held-out bits/byte nearly
+  doubled (docs/scale.md). The branches (projections, attention, FFN) stay half.
 
 Graph inputs and outputs keep fp32 except the KV caches, which are half (half the bytes to keep and move);
 ids and positions stay integers. Each island's effect on held-out bits/byte is measured by
@@ -24,11 +30,12 @@ from pathlib import Path
 import numpy as np
 
 HALF = ("fp16", "bf16")
-ISLANDS = ("norm", "softmax", "tables", "head")
+ISLANDS = ("norm", "softmax", "tables", "head", "residual")
 _PASS_THROUGH = {"Mul", "Add", "Sub", "Div", "Where", "Cast", "Reshape", "Concat", "Transpose", "Unsqueeze",
                  "Squeeze", "Expand", "Slice", "Neg", "Exp", "Log", "ReduceMax", "ReduceSum", "LogSoftmax",
                  "Softmax", "Identity", "Gather", "Split", "Flatten"}
 _HEAD_OUTPUTS = ("logits", "entropies")
+_SHAPE_ONLY = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Identity", "Cast", "Flatten"}
 
 
 class HalfError(RuntimeError):
@@ -76,6 +83,13 @@ def fp32_islands(model, islands: tuple[str, ...] = ISLANDS) -> set[str]:
                 chain.append(nxt[0])
                 cur = nxt[0]
             keep.update(c.name for c in chain)
+    if "residual" in islands:
+        consts = {t.name for t in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
+        weight_mm = {n.output[0] for n in graph.node if n.op_type in ("MatMul", "Gemm")
+                     and any(i in consts for i in n.input)}
+        for n in graph.node:
+            if n.op_type == "Add" and any(i in weight_mm for i in n.input) and not any(i in consts for i in n.input):
+                keep.add(n.name)
     if "softmax" in islands:
         for n in graph.node:
             if n.op_type == "Softmax":
@@ -83,10 +97,19 @@ def fp32_islands(model, islands: tuple[str, ...] = ISLANDS) -> set[str]:
                 _walk_back(n, producer, keep, stop="MatMul", include_stop=False)
     if "head" in islands:
         for out in graph.output:
-            if out.name in _HEAD_OUTPUTS and out.name in producer:
-                node = producer[out.name]
+            if is_cache_tensor(out.name) or out.name not in producer:
+                continue
+            node = producer[out.name]
+            if out.name in _HEAD_OUTPUTS:
                 keep.add(node.name)
                 _walk_back(node, producer, keep, stop="MatMul", include_stop=True)
+            else:  # states, memory: the projection that makes them, if nothing but reshapes follows it
+                chain = []
+                while node is not None and node.op_type in _SHAPE_ONLY:
+                    chain.append(node)
+                    node = producer.get(node.input[0])
+                if node is not None and node.op_type == "MatMul":
+                    keep.update(n.name for n in (*chain, node))
     return keep
 
 
@@ -133,6 +156,7 @@ def convert_half(src: Path, dst: Path, precision: str, islands: tuple[str, ...] 
     converted = convert_float_to_float16(model, keep_io_types=io, op_block_list=DEFAULT_OP_BLOCK_LIST,
                                          node_block_list=sorted(keep), disable_shape_infer=True)
     del model
+    _drop_round_trips(converted.graph)
     _toposort(converted.graph)  # the converter appends its input casts after the nodes that read them
     del converted.graph.value_info[:]  # inferred for fp32; some no longer match (the checker re-infers them)
     if precision == "bf16":
@@ -151,6 +175,46 @@ def convert_half(src: Path, dst: Path, precision: str, islands: tuple[str, ...] 
         raise HalfError(f"{dst}: onnx.checker rejected the {precision} graph: {exc}") from None
     return {"tool": "onnxruntime.transformers.float16", "islands_fp32": list(islands), "fp32_nodes": len(keep),
             "half_nodes": half_nodes}
+
+
+def _drop_round_trips(graph) -> None:
+    """The converter wraps each blocked node in casts of its own, so a value passed between two fp32 nodes makes
+    a fp32 → half → fp32 round trip, which is lossy and overflows: a norm's mean of squares (1.6e5 in the default
+    model's global stack) becomes inf. Each such Cast pair is bypassed: the fp32 consumer reads the fp32 value."""
+    import onnx
+
+    f16, f32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    to = {n.name: next((a.i for a in n.attribute if a.name == "to"), None) for n in graph.node if n.op_type == "Cast"}
+    producer = {o: n for n in graph.node for o in n.output}
+    outputs = {o.name for o in graph.output}
+    rename: dict[str, str] = {}
+    for n in graph.node:  # n: Cast(to fp32) of a Cast(to fp16) of an fp32 value
+        if n.op_type != "Cast" or to[n.name] != f32:
+            continue
+        src = producer.get(n.input[0])
+        if src is None or src.op_type != "Cast" or to[src.name] != f16 or not _is_float32(graph, src.input[0]):
+            continue
+        if n.output[0] in outputs:  # a graph output keeps its name: the cast becomes an Identity of the fp32 value
+            n.op_type, n.input[0] = "Identity", src.input[0]
+            del n.attribute[:]
+        else:
+            rename[n.output[0]] = src.input[0]
+    for n in graph.node:
+        for i, name in enumerate(n.input):
+            if name in rename:
+                n.input[i] = rename[name]
+    used = {i for n in graph.node for i in n.input} | outputs
+    keep = [n for n in graph.node if not (n.op_type == "Cast" and not any(o in used for o in n.output))]
+    del graph.node[:]
+    graph.node.extend(keep)
+
+
+def _is_float32(graph, name: str) -> bool:
+    """Whether `name` is an fp32 value: a Cast is only ever inserted by the converter on float values, so any value
+    a Cast(to fp16) reads is fp32 unless it is a half graph input."""
+    import onnx
+
+    return not any(v.name == name and v.type.tensor_type.elem_type != onnx.TensorProto.FLOAT for v in graph.input)
 
 
 def _toposort(graph) -> None:
