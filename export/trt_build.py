@@ -2,8 +2,9 @@
 
 An engine only runs on the GPU model, compute capability and TensorRT version it was built with, so every
 engine record carries those three plus the sha256 of its ONNX, and `check_engine` refuses a stale engine
-with the exact difference. Precision comes from the ONNX itself (Q/DQ nodes for int8/fp8) and the network is
-strongly typed: TensorRT 11 removed the FP16/INT8 builder flags and calibrators.
+with the exact difference. Precision comes from the ONNX itself (Q/DQ nodes for int8/fp8, half weights and
+activations for fp16/bf16) and the network is strongly typed: TensorRT 11 removed the FP16/INT8 builder flags and
+calibrators, and a strongly typed network runs each tensor in the type the ONNX gives it.
 
 tensorrt and cuda-python are imported inside functions, so this module imports on any CPU machine.
 """
@@ -21,12 +22,45 @@ from fastblt.runtime.manifest import sha256_file
 from fastblt.runtime.trt_device import (
     DeviceInfo,
     EngineBuildError,
+    PrecisionError,
     check_precision,
     create,
     engine_key,
     import_tensorrt,
     shared_logger,
 )
+
+# fp16/bf16 engines: the TensorRT type the ONNX's KV cache inputs carry (graphs keep caches in their own dtype)
+HALF_TYPES = {"fp16": "HALF", "bf16": "BF16"}
+
+
+def network_flags(trt, precision: str) -> int:
+    """`create_network` flags: strongly typed wherever this TensorRT has it. fp16/bf16 need it (their types come
+    from the ONNX; there is no precision builder flag to fall back on), so without it they are refused."""
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if strongly_typed is None:
+        if precision in HALF_TYPES:
+            raise PrecisionError(f"{precision} engines are built as strongly typed networks, which TensorRT "
+                                 f"{trt.__version__} lacks (NetworkDefinitionCreationFlag.STRONGLY_TYPED); install "
+                                 "TensorRT >= 10.3, or build fp32/int8 engines")
+        return 0
+    return 1 << int(strongly_typed)
+
+
+def _check_half_inputs(trt, network, precision: str, where: str) -> None:
+    """A fp16/bf16 engine must come from a half-precision ONNX: a strongly typed build of an fp32 graph would
+    silently give an fp32 engine. Checked on the KV cache inputs, which carry the graph's dtype."""
+    want = getattr(trt.DataType, HALF_TYPES[precision], None)
+    if want is None:
+        raise PrecisionError(f"TensorRT {trt.__version__} has no DataType.{HALF_TYPES[precision]}; {precision} "
+                             "engines need TensorRT >= 10.3")
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        if tensor.name.startswith("past_") and tensor.dtype != want:
+            raise EngineBuildError(f"{where}: input {tensor.name!r} is {tensor.dtype}, but a {precision} engine is "
+                                   f"built from an ONNX whose KV cache is {want}: this is not a {precision} graph. "
+                                   f"Export the bundle's {precision} graphs (`blt-export build --precision "
+                                   f"fp32,{precision}`) and build the engines from them")
 
 
 def _dim_range(spec: GraphSpec, ts: TensorSpec, dim: int | str, ranges: dict) -> tuple[int, int, int]:
@@ -116,10 +150,10 @@ def build_engine(onnx_path: str | Path, spec: GraphSpec, ranges: dict, precision
         key_name = graph_key(spec.name)
     onnx_sha = onnx_digest or sha256_file(onnx_path)  # the manifest's digest covers external weights too
 
+    flags = network_flags(trt, precision)
     logger = shared_logger(trt)
     builder = create(trt, "Builder")
-    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    network = builder.create_network(0 if strongly_typed is None else 1 << int(strongly_typed))
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         lines = "\n  - ".join(_parser_errors(parser)) or "(no parser errors recorded; see the TensorRT log above)"
@@ -130,6 +164,8 @@ def build_engine(onnx_path: str | Path, spec: GraphSpec, ranges: dict, precision
     if io != (sorted(spec.input_names), sorted(spec.output_names)):
         raise EngineBuildError(f"{onnx_path}: ONNX inputs/outputs {io} do not match graph {spec.name!r} "
                                f"({sorted(spec.input_names)}, {sorted(spec.output_names)}); re-export the bundle")
+    if precision in HALF_TYPES:
+        _check_half_inputs(trt, network, precision, f"{onnx_path} (graph {key_name!r})")
 
     config = builder.create_builder_config()
     if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):

@@ -24,8 +24,10 @@ DRIVER_HINT = ("the CUDA 13 builds (the `tensorrt`/`tensorrt-cu13` wheels, cuda-
                "an NVIDIA driver >= 580; with an older driver install the CUDA 12 builds instead: pip uninstall "
                "tensorrt tensorrt-cu13 cuda-python cuda-bindings && pip install 'fastblt[trt-cu12]' "
                "(tensorrt-cu12, cuda-python>=12.6,<13)")
-PRECISIONS = ("fp32", "int8", "fp8")
-FP8_MIN_CC = (8, 9)
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
+# the lowest compute capability each precision needs (others: every GPU TensorRT 10 runs on)
+MIN_CC = {"bf16": (8, 0), "fp8": (8, 9)}
+FP8_MIN_CC = MIN_CC["fp8"]
 REBUILD = "rebuild the engines on this machine with `blt-export engine BUNDLE`"
 JETSON_NAMES = ("orin", "thor", "tegra", "xavier")
 
@@ -254,19 +256,35 @@ def _cc(text: str) -> tuple[int, int]:
     return int(major), int(minor or 0)
 
 
+def usable_precisions(info: DeviceInfo) -> list[str]:
+    """The engine precisions this GPU can run (bf16 from Ampere, fp8 from Ada)."""
+    cc = _cc(info.compute_capability)
+    return [p for p in PRECISIONS if cc >= MIN_CC.get(p, (0, 0))]
+
+
 def check_precision(precision: str, info: DeviceInfo) -> None:
-    """Refuse a precision the GPU cannot run before spending minutes in the builder."""
+    """Refuse a precision the GPU cannot run before spending minutes in the builder; the error names the
+    precisions that would work on this GPU."""
+    usable = f"engine precisions {info.gpu_name} ({info.compute_capability}) can build: {usable_precisions(info)}"
     if precision == "int8-dynamic":
         raise PrecisionError("int8-dynamic is ONNX Runtime's CPU quantization (integer matmuls with per-call "
-                             "activation scales); TensorRT engines are built from int8 (Q/DQ) or fp8 instead")
+                             "activation scales); TensorRT engines are built from int8 (Q/DQ) or fp8 instead; "
+                             f"{usable}")
+    if precision == "int4":
+        raise PrecisionError(f"int4 is ONNX Runtime's weight-only CPU quantization (MatMulNBits), not a TensorRT "
+                             f"engine precision; {usable}")
     if precision not in PRECISIONS:
-        raise PrecisionError(f"unknown precision {precision!r}; valid precisions are {list(PRECISIONS)} (int8/fp8 "
-                             "engines are built from the bundle's Q/DQ ONNX: TensorRT 11 has no precision builder "
-                             "flags, and fastblt exports no half-precision ONNX to build fp16/bf16 engines from)")
-    if precision == "fp8" and _cc(info.compute_capability) < FP8_MIN_CC:
+        raise PrecisionError(f"unknown precision {precision!r}; valid precisions are {list(PRECISIONS)} (fp16/bf16 "
+                             "engines are built from the bundle's half-precision ONNX, int8/fp8 from its Q/DQ ONNX, as "
+                             f"strongly typed networks: TensorRT 11 has no precision builder flags); {usable}")
+    cc = _cc(info.compute_capability)
+    if precision == "fp8" and cc < FP8_MIN_CC:
         raise PrecisionError(f"fp8 needs compute capability >= {FP8_MIN_CC[0]}.{FP8_MIN_CC[1]} (Ada, Hopper or "
                              f"newer); {info.gpu_name} has {info.compute_capability}. Jetson Orin (8.7) supports "
-                             "int8, not fp8: build int8 engines instead")
+                             f"int8, not fp8: build int8 engines instead; {usable}")
+    if precision == "bf16" and cc < MIN_CC["bf16"]:
+        raise PrecisionError(f"bf16 needs compute capability >= 8.0 (Ampere or newer, Jetson Orin included); "
+                             f"{info.gpu_name} has {info.compute_capability}: build fp16 engines instead; {usable}")
 
 
 def check_engine(record: dict, info: DeviceInfo, onnx_sha256: str) -> None:

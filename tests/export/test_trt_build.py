@@ -113,9 +113,10 @@ def test_orin_accepts_int8_and_fp32(precision):
     check_precision(precision, ORIN)
 
 
-@pytest.mark.parametrize("precision", ["fp16", "bf16", "int4"])
+@pytest.mark.parametrize("precision", ["fp64", "int2"])
 def test_unknown_precision_lists_the_valid_ones(precision):
-    with pytest.raises(PrecisionError, match=rf"'{precision}'.*\['fp32', 'int8', 'fp8'\].*Q/DQ ONNX"):
+    with pytest.raises(PrecisionError, match=rf"'{precision}'.*\['fp32', 'fp16', 'bf16', 'int8', 'fp8'\].*Q/DQ "
+                                             r"ONNX.*can build: \['fp32', 'fp16', 'bf16', 'int8', 'fp8'\]"):
         check_precision(precision, ADA)
 
 
@@ -191,16 +192,29 @@ TOY = GraphSpec("toy", (TensorSpec("x", "float32", ("b", "T")),), (TensorSpec("y
 TOY_RANGES = {"b": (1, 1, 2), "T:toy": (0, 4, 16)}
 
 
-def _fake_builder(set_shape=None):
-    """A trt.Builder stand-in that parses anything into a network with TOY's inputs and outputs."""
-    tensor = lambda name: SimpleNamespace(name=name)  # noqa: E731
-    network = SimpleNamespace(num_inputs=1, num_outputs=1, get_input=lambda i: tensor("x"),
-                              get_output=lambda i: tensor("y"))
-    config = SimpleNamespace(clear_flag=lambda flag: None, add_optimization_profile=lambda profile: 0,
-                             set_memory_pool_limit=lambda pool, size: None)
+def _fake_builder(set_shape=None, inputs=(("x", "FLOAT"),), seen=None):
+    """A trt.Builder stand-in that parses anything into a network with `inputs` ((name, DataType member)) and
+    TOY's output, builds a plan of b"plan", and notes in `seen` the network flags and builder-config calls."""
+    from trt_helpers import DataType
+
+    seen = {} if seen is None else seen
+    tensors = [SimpleNamespace(name=name, dtype=DataType[kind]) for name, kind in inputs]
+    network = SimpleNamespace(num_inputs=len(tensors), num_outputs=1, get_input=lambda i: tensors[i],
+                              get_output=lambda i: SimpleNamespace(name="y", dtype=DataType.FLOAT))
+    timing = SimpleNamespace(serialize=lambda: b"timing")
+    config = SimpleNamespace(clear_flag=lambda flag: seen.setdefault("cleared", []).append(flag),
+                             add_optimization_profile=lambda profile: 0,
+                             set_memory_pool_limit=lambda pool, size: None,
+                             create_timing_cache=lambda blob: timing, set_timing_cache=lambda cache, ignore: True)
     profile = SimpleNamespace(set_shape=set_shape or (lambda name, low, opt, high: None))
-    return SimpleNamespace(create_network=lambda flags: network, create_builder_config=lambda: config,
-                           create_optimization_profile=lambda: profile)
+
+    def create_network(flags):
+        seen["flags"] = flags
+        return network
+
+    return SimpleNamespace(create_network=create_network, create_builder_config=lambda: config,
+                           create_optimization_profile=lambda: profile,
+                           build_serialized_network=lambda network, config: b"plan")
 
 
 def _fake_trt(monkeypatch, builder):
@@ -308,13 +322,16 @@ def test_build_engine_writes_a_keyed_plan_and_timing_cache(gpu, tmp_path):
     assert again["path"] == record["path"]
 
     from fastblt.runtime.backends.trt import _Engine, _native_handle, create, cuda_check, cudart, trt
+    from fastblt.runtime.backends.trt_cache import Copies
 
     engine = create(trt, "Runtime").deserialize_cuda_engine(plan.read_bytes())
     runner, stream = _Engine(engine, TOY, "toy"), cuda_check(cudart, cudart.cudaStreamCreate(), "stream")
     try:
         for length in (0, 3, 16):
             x = np.arange(2 * length, dtype=np.float32).reshape(2, length)
-            np.testing.assert_array_equal(runner.run({"x": x}, stream, _native_handle(stream))["y"], x + 1)
+            copies = Copies(cudart, stream)
+            np.testing.assert_array_equal(runner.run({"x": x}, copies, _native_handle(stream))["y"], x + 1)
+            assert (copies.now.h2d, copies.now.d2h) == (x.nbytes, x.nbytes)
     finally:
         runner.free()
         cudart.cudaStreamDestroy(stream)
@@ -401,3 +418,62 @@ def test_stale_engine_is_refused_and_rebuilt(gpu, trt_bundle, tmp_path):
 def test_int8_dynamic_is_refused_for_engines():
     with pytest.raises(PrecisionError, match=r"int8-dynamic is ONNX Runtime's CPU quantization.*int8 \(Q/DQ\)"):
         check_precision("int8-dynamic", ADA)
+
+
+# ---- half precision: strongly typed builds from the ONNX's own types (stand-in builder) -------------------------
+
+HALF_TOY = GraphSpec("toy", (TensorSpec("x", "float32", ("b", "T")), TensorSpec("past_key", "float16", ("b", "T"))),
+                     (TensorSpec("y", "float32", ("b", "T")),), "toy")
+
+
+@pytest.mark.parametrize(("precision", "cache_type"), [("fp16", "HALF"), ("bf16", "BF16")])
+def test_half_engines_are_strongly_typed_builds_without_precision_flags(monkeypatch, tmp_path, precision, cache_type):
+    """The network is created with only STRONGLY_TYPED (the stand-in's value 5), and no builder flag is set:
+    the stand-in config has no set_flag, so a BuilderFlag.FP16/BF16 would fail here; TF32 is left alone."""
+    seen = {}
+    _fake_trt(monkeypatch, lambda logger: _fake_builder(inputs=(("x", "FLOAT"), ("past_key", cache_type)), seen=seen))
+    (tmp_path / "toy.onnx").write_bytes(b"onnx")
+    record = build_engine(tmp_path / "toy.onnx", HALF_TOY, TOY_RANGES, precision, tmp_path / "out", ORIN)
+    assert seen["flags"] == 1 << 5 and "cleared" not in seen
+    assert record["precision"] == precision and (tmp_path / "out" / record["path"]).read_bytes() == b"plan"
+    assert record["path"] == f"{engine_key(ORIN, record['onnx_sha256'], precision)}.plan"
+
+
+def test_fp32_engines_stay_strongly_typed_with_tf32_off(monkeypatch, tmp_path):
+    seen = {}
+    trt = _fake_trt(monkeypatch, lambda logger: _fake_builder(seen=seen))
+    (tmp_path / "toy.onnx").write_bytes(b"onnx")
+    build_engine(tmp_path / "toy.onnx", TOY, TOY_RANGES, "fp32", tmp_path / "out", ADA)
+    assert seen["flags"] == 1 << 5 and seen["cleared"] == [trt.BuilderFlag.TF32]
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_a_half_engine_from_an_fp32_onnx_is_refused(monkeypatch, tmp_path, precision):
+    """A strongly typed build of an fp32 graph would silently give an fp32 engine under a half name."""
+    _fake_trt(monkeypatch, lambda logger: _fake_builder(inputs=(("x", "FLOAT"), ("past_key", "FLOAT"))))
+    (tmp_path / "toy.onnx").write_bytes(b"onnx")
+    with pytest.raises(EngineBuildError, match=rf"input 'past_key' is DataType\.FLOAT, but a {precision} engine is "
+                                               rf"built from an ONNX whose KV cache is DataType\.(HALF|BF16).*"
+                                               rf"blt-export build --precision fp32,{precision}"):
+        build_engine(tmp_path / "toy.onnx", HALF_TOY, TOY_RANGES, precision, tmp_path / "out", ADA)
+    assert not (tmp_path / "out").exists()
+
+
+def test_half_engines_need_strongly_typed_networks(monkeypatch, tmp_path):
+    seen = {}
+    trt = _fake_trt(monkeypatch, lambda logger: _fake_builder(inputs=(("x", "FLOAT"), ("past_key", "HALF")),
+                                                              seen=seen))
+    trt.NetworkDefinitionCreationFlag = SimpleNamespace()  # a TensorRT without strongly typed networks
+    (tmp_path / "toy.onnx").write_bytes(b"onnx")
+    with pytest.raises(PrecisionError, match=r"fp16 engines are built as strongly typed networks, which TensorRT "
+                                             r"10\.3\.0 lacks.*TensorRT >= 10\.3, or build fp32/int8 engines"):
+        build_engine(tmp_path / "toy.onnx", HALF_TOY, TOY_RANGES, "fp16", tmp_path / "out", ADA)
+    assert "flags" not in seen  # refused before any network exists
+    build_engine(tmp_path / "toy.onnx", HALF_TOY, TOY_RANGES, "fp32", tmp_path / "out", ADA)
+    assert seen["flags"] == 0
+
+
+def test_bf16_below_ampere_is_refused_before_tensorrt(tmp_path):
+    turing = DeviceInfo("Tesla T4", "7.5", "10.3.0", False)
+    with pytest.raises(PrecisionError, match=r"bf16 needs compute capability >= 8\.0.*build fp16 engines instead"):
+        build_engine(tmp_path / "missing.onnx", HALF_TOY, TOY_RANGES, "bf16", tmp_path, turing)

@@ -19,6 +19,7 @@ from fastblt.runtime.trt_device import (
     parse_driver_version,
     probe,
     require_device,
+    usable_precisions,
     versions,
 )
 
@@ -106,9 +107,39 @@ def test_driver_version_from_proc(text, want):
     assert parse_driver_version(text) == want
 
 
-def test_fp16_is_not_offered():
-    assert PRECISIONS == ("fp32", "int8", "fp8")
-    info = DeviceInfo("NVIDIA GeForce RTX 4090", "8.9", "10.3.0", False)
+ADA = DeviceInfo("NVIDIA GeForce RTX 4090", "8.9", "10.3.0", False)
+TURING = DeviceInfo("Tesla T4", "7.5", "10.3.0", False)
+ORIN = DeviceInfo("Orin", "8.7", "10.3.0", True)
+
+
+def test_half_precisions_are_offered():
+    assert PRECISIONS == ("fp32", "fp16", "bf16", "int8", "fp8")
+    assert usable_precisions(ADA) == list(PRECISIONS)
+    assert usable_precisions(ORIN) == ["fp32", "fp16", "bf16", "int8"]  # Ampere: no fp8
+    assert usable_precisions(TURING) == ["fp32", "fp16", "int8"]
     for precision in ("fp16", "bf16"):
-        with pytest.raises(PrecisionError, match=r"\['fp32', 'int8', 'fp8'\].*no half-precision ONNX"):
-            check_precision(precision, info)
+        check_precision(precision, ADA)
+        check_precision(precision, ORIN)
+    check_precision("fp16", TURING)
+
+
+def test_bf16_below_ampere_names_fp16_and_what_works():
+    with pytest.raises(PrecisionError, match=r"bf16 needs compute capability >= 8\.0.*Tesla T4 has 7\.5: build fp16 "
+                                             r"engines instead; engine precisions Tesla T4 \(7\.5\) can build: "
+                                             r"\['fp32', 'fp16', 'int8'\]"):
+        check_precision("bf16", TURING)
+
+
+def test_fp8_on_orin_names_what_works():
+    with pytest.raises(PrecisionError, match=r"fp8 needs.*can build: \['fp32', 'fp16', 'bf16', 'int8'\]"):
+        check_precision("fp8", ORIN)
+
+
+@pytest.mark.parametrize(("precision", "match"), [
+    ("int4", r"int4 is ONNX Runtime's weight-only CPU quantization"),
+    ("int8-dynamic", r"int8-dynamic is ONNX Runtime's CPU quantization"),
+    ("fp64", r"unknown precision 'fp64'; valid precisions are \['fp32', 'fp16', 'bf16', 'int8', 'fp8'\]"),
+])
+def test_cpu_and_unknown_precisions_name_what_works_on_this_gpu(precision, match):
+    with pytest.raises(PrecisionError, match=match + r".*can build: \['fp32', 'fp16', 'int8'\]"):
+        check_precision(precision, TURING)
