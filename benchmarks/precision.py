@@ -10,7 +10,6 @@ temporary copy of the bundle (hard links to its fp32 graphs and hash table) and 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -24,7 +23,10 @@ def _prompts_and_windows(windows: int, prompts: int):
     from fastblt.export.calibration import prompts_from
     from fastblt.graphs.training.data import heldout_windows
 
-    heldout = heldout_windows(None, 256, windows)
+    for per_doc in (2, 4, 8, 16, 32):  # evenly spaced windows from each held-out document, as many as asked
+        heldout = heldout_windows(None, 256, windows, per_doc=per_doc)
+        if len(heldout) >= windows:
+            break
     return heldout, prompts_from(heldout, prompts)
 
 
@@ -69,7 +71,8 @@ def _folder_bytes(root: Path, precision: str) -> int:
 
 
 def variant(bundle: Path, precision: str, make, work: Path) -> Path:
-    """A copy of `bundle` (hard links, copies of external data) holding fp32 and one `precision` made by make(src, dst) per graph."""
+    """A copy of `bundle` (hard links; external data copied) holding fp32 and one `precision`, made by
+    make(src, dst) per graph."""
     from fastblt.export.bundle import _has_precision, _register
     from fastblt.runtime.manifest import Manifest, write_manifest
 

@@ -118,7 +118,8 @@ def test_widened_bf16_holds_the_rounded_weights(halves, tmp_path):
     path = manifest.graph_file("decoder_step", "bf16")
     half = {t.name for t in onnx.load(str(path)).graph.initializer if t.data_type == onnx.TensorProto.BFLOAT16}
     wide = onnx.load(str(widen_bf16(path, tmp_path / "w.onnx")))
-    fp32 = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(manifest.graph_file("decoder_step"))).graph.initializer}
+    reference = onnx.load(str(manifest.graph_file("decoder_step")))
+    fp32 = {t.name: onnx.numpy_helper.to_array(t) for t in reference.graph.initializer}
     checked = 0
     for t in wide.graph.initializer:
         if t.name in half and t.name in fp32 and fp32[t.name].size > 16:
