@@ -127,6 +127,8 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--target-patch-size", type=float, default=4.0, show_default=True)
 @click.option("--max-patch-length", type=int, default=8, show_default=True)
 @click.option("--eval-every", type=int, default=500, show_default=True)
+@click.option("--eval-windows", type=click.IntRange(min=1), default=48, show_default=True,
+              help="Held-out windows of each evaluation (every --eval-every steps and at the end).")
 @click.option("--ckpt-every", type=int, default=100, show_default=True)
 @click.option("--threads", type=int, default=None, help="torch threads per process (default: cores / processes).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -139,8 +141,8 @@ def _floats(text: str) -> tuple[float, ...]:
               help="Continue training this BLT (e.g. the bundled default model): all its weights, patcher and θ "
                    "are kept, the patcher stage is skipped; --preset/--config/--max-patch-length are ignored.")
 def train(run_dir, out, preset, config_path, corpora, patcher_steps, steps, batch_size, seq_len, lr, block_sizes,
-          block_probs, mask_weight, distill, target_patch_size, max_patch_length, eval_every, ckpt_every, threads,
-          seed, precision, quiet, init_from, device):
+          block_probs, mask_weight, distill, target_patch_size, max_patch_length, eval_every, eval_windows, ckpt_every,
+          threads, seed, precision, quiet, init_from, device):
     """Train a BLT-D from scratch (entropy patcher, θ search, then next-byte + block-diffusion training), or
     continue one with --init-from. Runs under `torchrun --nproc_per_node=N` (gloo) for data parallelism."""
     import dataclasses
@@ -163,7 +165,8 @@ def train(run_dir, out, preset, config_path, corpora, patcher_steps, steps, batc
                                       pad_id=PAD_ID)
         cfg = dataclasses.replace(cfg, max_patch_length=max_patch_length, block_sizes=_ints(block_sizes)).validate()
         common = dict(seq_len=seq_len, batch_size=batch_size, corpora=tuple(corpora) or ("stdlib",),
-                      eval_every=eval_every, ckpt_every=ckpt_every, seed=seed, device=device,
+                      eval_every=eval_every, eval_windows=eval_windows,
+                      ckpt_every=ckpt_every, seed=seed, device=device,
                       **_precision(precision, device))
         patcher_tc = TrainConfig(objective="patcher", steps=patcher_steps, lr=3e-3,
                                  warmup=min(100, patcher_steps // 10 + 1), **common).validate(cfg)

@@ -32,8 +32,8 @@ RUNNABLE = [b for b in BLOCKS if b.language in CODE and b.kind == "run"]
 PROGRAMS = {"blt-export": "fastblt.export.cli", "blt-run": "fastblt.runtime.cli", "blt-bench": "fastblt.benchmarks.cli"}
 BUDGET = {"--steps": "2", "--max-new-bytes": "16", "--new-bytes": "16", "--prompts": "1", "--repeats": "1",
           "--max-windows": "2", "--heldout-windows": "2", "--calibration-prompts": "1"}
-APPEND = {"train": [("--seq-len", "64"), ("--batch-size", "1"), ("--eval-every", "1000"), ("--ckpt-every", "1000"),
-                    ("--quiet",)],
+APPEND = {"train": [("--seq-len", "64"), ("--batch-size", "1"), ("--eval-every", "1000"), ("--eval-windows", "2"),
+                    ("--ckpt-every", "1000"), ("--quiet",)],
           "build": [("--heldout-windows", "2"), ("--calibration-prompts", "1")], "eval": [("--max-windows", "2")],
           "compare": [("--max-new-bytes", "16")]}
 BUILDS = ("build", "onnx")
