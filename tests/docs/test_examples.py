@@ -2,7 +2,8 @@
 
 Blocks come from doc_blocks.py (Sybil's Markdown lexer). A `bash` block runs command by command:
 `blt-export`/`blt-run`/`blt-bench` in-process through click (no interpreter start per command), `blt-run serve`
-as a server on a free loopback port until /health and /v1/models answer, `make` as a dry run (`make -n`: the
+as a server on a free loopback port until /health and /v1/models answer, `curl` and Python clients of
+127.0.0.1:8000 against one such server on the tiny bundle, `make` as a dry run (`make -n`: the
 targets and their recipes exist), `pip install` by checking the extras and pins it names against pyproject.toml.
 Placeholders become real paths (BUNDLE: the session's tiny bundle, or a fresh directory in a block that builds
 one; CHECKPOINT and graphs/default_model: the tiny model; RUN, DIR: fresh directories); budgets shrink
@@ -13,6 +14,7 @@ blocks (not-in-ci, synopsis) are counted in test_block_census; synopses are chec
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import re
@@ -121,6 +123,8 @@ class Shell:
             pass  # the environment the tests run in is that venv
         elif program == "blt-run" and words[1] == "serve":
             serve(words)
+        elif program == "curl":
+            curl(words)
         elif program in PROGRAMS:
             cli(program, words[1:], self.paths)
         else:
@@ -156,13 +160,12 @@ def cli(program: str, args: list[str], paths: dict[str, str]) -> None:
     assert res.exit_code == 0, f"{program} {shlex.join(args)} exited {res.exit_code}:\n{res.output[-3000:]}"
 
 
-def serve(words: list[str]) -> None:
-    port = str(_free_port())
-    args = [w for w in words[1:]]
-    args += ["--port", port, "--host", "127.0.0.1"]
+def start_server(args: list[str]) -> tuple[subprocess.Popen, int]:
+    """`blt-run serve ARGS` on a free loopback port, once /health and /v1/models answer."""
+    port = _free_port()
     code = "import sys; from fastblt.runtime.cli import main; sys.exit(main())"
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen([sys.executable, "-c", code, *args, "--port", str(port), "--host", "127.0.0.1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -176,12 +179,41 @@ def serve(words: list[str]) -> None:
                 time.sleep(0.5)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=10) as r:
             assert json.loads(r.read())["data"], "GET /v1/models listed no model"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    except BaseException:
+        stop_server(proc)
+        raise
+    return proc, port
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def serve(words: list[str]) -> None:
+    proc, _ = start_server(words[1:])
+    stop_server(proc)
+
+
+def curl(words: list[str]) -> None:
+    res = subprocess.run(words, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, f"{shlex.join(words)}: {res.stderr}"
+    body = json.loads(res.stdout)
+    assert "error" not in body and body.get("choices"), body
+
+
+DOC_URL = "127.0.0.1:8000"  # where the docs' client examples find `blt-run serve`
+
+
+@pytest.fixture(scope="module")
+def doc_server(doc_bundle):
+    proc, port = start_server(["serve", "--bundle", str(doc_bundle), "--workers", "1"])
+    yield f"127.0.0.1:{port}"
+    stop_server(proc)
 
 
 @pytest.fixture(scope="module")
@@ -194,8 +226,10 @@ def paths(doc_bundle, doc_checkpoint, tmp_path_factory):
 
 
 @pytest.mark.parametrize("block", RUNNABLE, ids=[b.id for b in RUNNABLE])
-def test_example_runs(block, paths, tmp_path, monkeypatch):
+def test_example_runs(block, paths, tmp_path, monkeypatch, request):
     monkeypatch.chdir(tmp_path)  # whatever an example writes lands in a fresh directory
+    if DOC_URL in block.source and "blt-run serve" not in block.source:  # a client of the docs' server
+        block = dataclasses.replace(block, source=block.source.replace(DOC_URL, request.getfixturevalue("doc_server")))
     if block.language in SHELL:
         shell = Shell(block, paths, tmp_path)
         for line in logical_lines(block.source):
