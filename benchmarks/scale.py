@@ -54,56 +54,93 @@ def _dir_bytes(path: Path) -> dict[str, int]:
     return sizes
 
 
-def run_scale(work: Path, preset: str, precisions: str, new_bytes: int, log=print) -> dict:
-    """Every stage in order; returns the results dict (also written to work/scale.json)."""
+def run_scale(work: Path, preset: str, precisions: str, new_bytes: int, log=print, small: Path | None = None) -> dict:
+    """Every stage in order; returns the results dict (also written to work/scale.json). A checkpoint or bundle
+    already in `work` is kept (its stage's earlier measurement stays in scale.json, with that run's date);
+    precisions the bundle lacks are added with `blt-export quantize`. `small`: a bundle of the trained default
+    model whose call counts feed the projection (built into work/default-bundle when missing)."""
     work.mkdir(parents=True, exist_ok=True)
     bindir = Path(sys.executable).parent
     ckpt, bundle = work / preset, work / f"{preset}-bundle"
+    previous = json.loads((work / "scale.json").read_text()) if (work / "scale.json").is_file() else {}
     results: dict = {"date": datetime.date.today().isoformat(), "machine": _machine(), "commit": _commit(),
-                     "preset": preset, "stages": {}}
+                     "preset": preset, "stages": dict(previous.get("stages", {}))}
+    for stage in results["stages"].values():  # kept stages carry the date of the run that measured them
+        stage.setdefault("date", previous.get("date"))
+    wanted = [p for p in precisions.split(",") if p]
+    export = str(bindir / "blt-export")
     stages = [
-        ("init", [str(bindir / "blt-export"), "init", "--preset", preset, "--diffusion", "--out", str(ckpt)]),
-        ("inspect", [str(bindir / "blt-export"), "inspect", str(ckpt), "--json"]),
-        ("build", [str(bindir / "blt-export"), "build", str(ckpt), "--out", str(bundle), "--precision", precisions,
+        ("init", [export, "init", "--preset", preset, "--diffusion", "--out", str(ckpt)]),
+        ("inspect", [export, "inspect", str(ckpt), "--json"]),
+        ("build", [export, "build", str(ckpt), "--out", str(bundle), "--precision", precisions,
                    "--engines", "no", "--heldout-windows", "1", "--calibration-prompts", "1"]),
-        ("check", [str(bindir / "blt-export"), "check", str(bundle)]),
     ]
+    kept = {"init": ckpt / "config.json", "build": bundle / "manifest.json"}
     for name, cmd in stages:
-        if name == "init" and (ckpt / "config.json").is_file():
-            log(f"{name}: {ckpt} exists, kept")
+        if name in kept and kept[name].is_file():
+            log(f"{name}: {kept[name].parent} exists, kept")
             continue
-        log(f"{name}: {' '.join(cmd)}")
-        results["stages"][name] = _timed(cmd, work / f"{name}.log")
-        log(f"  {results['stages'][name]['seconds']} s, peak RSS {results['stages'][name]['peak_rss_gb']} GB")
+        _stage(results, name, cmd, work, log)
         if name == "inspect":
             text = (work / "inspect.log").read_text()
-            start = text.index("{")
-            end = text.rindex("}") + 1
-            results["inspect"] = json.loads(text[start:end])
+            results["inspect"] = json.loads(text[text.index("{"):text.rindex("}") + 1])
+    have = json.loads((bundle / "manifest.json").read_text())["precisions"]
+    missing = [p for p in wanted if p not in have]
+    if missing:
+        _stage(results, f"quantize-{'-'.join(missing)}", [export, "quantize", str(bundle), "--precision",
+                                                           ",".join(missing), "--heldout-windows", "1"], work, log)
+    _stage(results, "check", [export, "check", str(bundle)], work, log)
     results["checkpoint_bytes"] = _dir_bytes(ckpt)
     results["bundle_bytes"] = _dir_bytes(bundle)
     manifest = json.loads((bundle / "manifest.json").read_text())
     results["bundle_quality"] = manifest.get("quality", {})
-    for precision in precisions.split(","):
+    results["graph_bytes"] = {p: _graph_bytes(manifest, p) for p in manifest["precisions"]}
+    results["hash_table"] = manifest.get("hash_table", {})
+    for precision in wanted:
         out = work / f"generate-{precision}.json"
         cmd = [sys.executable, "-m", "fastblt.benchmarks.scale", "--generate", str(bundle), precision,
                str(new_bytes), str(out)]
-        log(f"generate ({precision}): 32 bytes in each mode")
-        stage = _timed(cmd, work / f"generate-{precision}.log")
-        results["stages"][f"generate-{precision}"] = stage
+        _stage(results, f"generate-{precision}", cmd, work, log)
         results[f"generate-{precision}"] = json.loads(out.read_text())
-        log(f"  {stage['seconds']} s, peak RSS {stage['peak_rss_gb']} GB")
+    small = small or work / "default-bundle"
+    if not (small / "manifest.json").is_file():
+        _stage(results, "default-build", [export, "build", "--out", str(small), "--precision", "fp32",
+                                          "--engines", "no"], work, log)
+    out = work / "generate-default.json"
+    _stage(results, "generate-default", [sys.executable, "-m", "fastblt.benchmarks.scale", "--generate", str(small),
+                                         "fp32", "128", str(out)], work, log)
+    results["default_model"] = json.loads(out.read_text())
+    results["regime"] = {p: regime(results[f"generate-{p}"]) for p in wanted}
+    results["regime"]["default-fp32"] = regime(results["default_model"])
+    results["projection"] = {p: projection(results[f"generate-{p}"], results["default_model"]) for p in wanted}
     (work / "scale.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
 
 
-SETTINGS = "ar,blts/k=16,bltd/B=8/alpha=0.7,bltd/B=16/alpha=0.7,bltdv/B=8"  # the paper's regime: k=16, B=8/16
+def _stage(results: dict, name: str, cmd: list[str], work: Path, log) -> None:
+    log(f"{name}: {' '.join(cmd)}")
+    results["stages"][name] = _timed(cmd, work / f"{name}.log") | {"date": datetime.date.today().isoformat()}
+    log(f"  {results['stages'][name]['seconds']} s, peak RSS {results['stages'][name]['peak_rss_gb']} GB")
+
+
+def _graph_bytes(manifest: dict, precision: str) -> int:
+    """Bytes of one precision's graph files (ONNX and external data, each file once)."""
+    seen: dict[str, int] = {}
+    for entry in manifest["graphs"].values():
+        record = entry["files"].get(precision)
+        if record:
+            seen[record["path"]] = record["bytes"]
+            seen.update({d["path"]: d["bytes"] for d in record.get("data", [])})
+    return sum(seen.values())
+
+
+SETTINGS = "ar,blts/k=16,bltd/B=8/alpha=0.7,bltd/B=16/alpha=0.7,bltdv/B=8/alpha=0.7"  # the paper's regime: k=16, B=8/16
 
 
 def generate_all(bundle: str, precision: str, new_bytes: int, settings: str = SETTINGS) -> dict:
     """Load the bundle once on ORT CPU, generate greedily in every setting, time each graph call; measure this
     machine's memory bandwidth and each graph's read bound (its weight bytes ÷ that bandwidth)."""
-    from fastblt.benchmarks.common import TimedBackend, parse_settings, summary
+    from fastblt.benchmarks.common import TimedBackend, parse_settings, summary, usable
     from fastblt.runtime.backends.ort import OrtBackend
     from fastblt.runtime.generator import Generator
 
@@ -114,9 +151,10 @@ def generate_all(bundle: str, precision: str, new_bytes: int, settings: str = SE
     cfg = backend.config
     out: dict = {"precision": precision, "load_seconds": round(load_s, 1), "layout": backend.layout, "modes": {}}
     texts, calls = {}, []
+    runnable = usable(parse_settings(settings), gen)
     for setting in parse_settings(settings):
-        if setting.mode in ("bltd", "bltdv") and not cfg.block_sizes:
-            out["modes"][setting.spec] = {"skipped": "the model has no diffusion-trained decoder"}
+        if setting not in runnable:
+            out["modes"][setting.spec] = {"skipped": "the bundle has no diffusion decoder for this block size"}
             continue
         backend.records.clear()
         result = gen.generate(PROMPT, mode=setting.mode, max_new_bytes=new_bytes, **setting.options)
@@ -208,7 +246,7 @@ def projection(scale: dict, small: dict) -> dict:
         measured = row["bytes_per_s"] / ar_speed if ar_speed else None
         out["modes"][spec] = {
             "projected_speedup_at_scale": round(ar_big / big, 2) if big and ar_big else None,
-            "projected_ms_per_byte_at_scale": round(big, 1) if big else None,
+            "projected_ms_per_byte_at_scale": round(big, 3) if big else None,
             "check_projected_speedup_small": round(ar_small / own, 2) if own and ar_small else None,
             "measured_speedup_small": round(measured, 2) if measured else None,
             "counters_small": {k: row["counters"].get(k) for k in ("n_enc", "n_dec", "iterations", "acceptance")
@@ -225,6 +263,85 @@ def regime(run: dict) -> dict:
         return {}
     return {"encoder_plus_global_ms": round(one["encoder"] + one["global"], 2), "decoder_step_ms": round(
         one["decoder_step"], 2), "ratio": round((one["encoder"] + one["global"]) / one["decoder_step"], 2)}
+
+
+PAPER_RATIO_1B = 8.1  # one encoder+global call's weights ÷ one decoder call's at the paper's 1B (decoding-modes notes)
+
+
+def render(results: dict) -> str:
+    """docs/scale.md's measured tables, generated from scale.json (never edited by hand)."""
+    pre = [p for p in ("fp32", "fp16", "int8-dynamic", "int4") if f"generate-{p}" in results]
+    lines = [f"`blt-bench scale` on {results['date']}, {results['machine']}, commit {results.get('commit')}; ONNX "
+             "Runtime CPU. Random-init weights (their patches close at almost every byte), so per-mode speeds are "
+             "the global model's worst case; the projection below uses the trained default model's counters.", ""]
+    lines += ["| stage | command | date | wall time | peak RSS |", "|---|---|---|---|---|"]
+    for name, st in results["stages"].items():
+        cmd = st["command"].split("/")[-1] if st["command"].startswith("/") else st["command"]
+        cmd = " ".join(a.split("/")[-1] if a.startswith("/") else a for a in cmd.split())
+        lines.append(f"| {name} | `{cmd[:110]}` | {st.get('date')} | {st['seconds']:.0f} s | {st['peak_rss_gb']} GB |")
+    gb = results.get("graph_bytes", {})
+    if gb:
+        lines += ["", "Graph bytes on disk per precision (ONNX + external data, each weight once):", "",
+                  "| precision | bytes | share of fp32 |", "|---|---|---|"]
+        for p, n in gb.items():
+            lines.append(f"| {p} | {n / 1e9:.2f} GB | {100 * n / gb['fp32']:.0f}% |")
+    lines += ["", "Per-graph latency of one decode call (1 new row; global: 1 patch; decoder_block: B rows) against "
+              "its read bound, the graph's weight bytes ÷ this machine's measured memory bandwidth "
+              f"({results[f'generate-{pre[0]}']['memory_bandwidth_gb_s']} GB/s, every core reading):", "",
+              "| precision | graph | rows | p50 ms | p90 ms | read bound ms | p50 ÷ bound |",
+              "|---|---|---|---|---|---|---|"]
+    for p in pre:
+        run = results[f"generate-{p}"]
+        for graph in ("patcher", "encoder", "global", "decoder_step", "decoder_block", "draft_step"):
+            by = run["latency_ms"].get(graph)
+            if not by:
+                continue
+            rows = "1" if "1" in by else max(by, key=lambda r: by[r]["calls"])
+            r, bound = by[rows], run["read_bound_ms"].get(graph)
+            ratio = f"{r['p50'] / bound:.1f}×" if bound else "–"
+            lines.append(f"| {p} | {graph} | {rows} | {r['p50']:.1f} | {r['p90']:.1f} | "
+                         f"{'–' if bound is None else f'{bound:.1f}'} | {ratio} |")
+    specs = list(results[f"generate-{pre[0]}"]["modes"])
+    lines += ["", "Bytes/s per mode (32 new bytes, greedy; = AR: byte-identical to AR's output):", "",
+              "| precision | " + " | ".join(specs) + " |", "|---" * (len(specs) + 1) + "|"]
+    for p in pre:
+        run = results[f"generate-{p}"]
+        eq = run.get("greedy_equal_to_ar", {})
+        cells = [f"{run['modes'][k].get('bytes_per_s', 0):.2f}" + ("" if k not in eq else " (= AR)" if eq[k] else
+                                                                  " (≠ AR)") for k in specs]
+        lines.append(f"| {p} | " + " | ".join(cells) + " |")
+    lines += ["", "The paper's regime: one encoder + global call against one decoder call (p50, 1 row each):", "",
+              "| model | encoder + global ms | decoder_step ms | ratio |", "|---|---|---|---|"]
+    for name, r in results["regime"].items():
+        if r:
+            lines.append(f"| {results['preset'] if name != 'default-fp32' else 'default model'} "
+                         f"{'' if name == 'default-fp32' else name} | {r['encoder_plus_global_ms']} | "
+                         f"{r['decoder_step_ms']} | {r['ratio']}× |")
+    lines.append(f"| paper, 1B (weights read, not time) | | | {PAPER_RATIO_1B}× |")
+    for p in pre:
+        proj = results["projection"][p]
+        lines += ["", f"Projection ({p}), a projection, not a measurement: {proj['formula']}.", "",
+                  "| mode | projected speed-up at BLT-1B | same formula on the default model | measured on the "
+                  "default model |", "|---|---|---|---|"]
+        for spec, r in proj["modes"].items():
+            lines.append(f"| {spec} | {r['projected_speedup_at_scale']}× | {r['check_projected_speedup_small']}× | "
+                         f"{r['measured_speedup_small']}× |")
+    return "\n".join(lines) + "\n"
+
+
+DOCS_START = "<!-- generated by `blt-bench scale --docs`: edit benchmarks/scale.py, not this table -->"
+DOCS_END = "<!-- end of `blt-bench scale` tables -->"
+
+
+def fill_docs(path: Path, results: dict) -> None:
+    """Replace the region between DOCS_START and DOCS_END in `path` with render(results)."""
+    text = path.read_text(encoding="utf-8")
+    if DOCS_START not in text or DOCS_END not in text:
+        raise ValueError(f"{path}: no `blt-bench scale` region; add the two markers where the tables go:\n"
+                         f"{DOCS_START}\n{DOCS_END}")
+    head, rest = text.split(DOCS_START, 1)
+    _, tail = rest.split(DOCS_END, 1)
+    path.write_text(f"{head}{DOCS_START}\n{render(results)}{DOCS_END}{tail}", encoding="utf-8")
 
 
 def _machine() -> str:
