@@ -236,24 +236,23 @@ def _anchor(weights, context, new_bytes, repeats, rounds, draft_k, precision, th
 @click.option("--work", default=".cache/scale", show_default=True, type=click.Path(),
               help="Where the checkpoint, bundle and logs go (about 30 GB for blt-1b; never in git).")
 @click.option("--preset", type=click.Choice(["blt-1b", "blt-7b", "tiny"]), default="blt-1b", show_default=True)
-@click.option("--precision", "precisions", default="fp32,int8-dynamic", show_default=True)
+@click.option("--precision", "precisions", default="fp32,int8-dynamic,int4", show_default=True,
+              help="CPU precisions to build (or add) and measure.")
 @click.option("--new-bytes", type=int, default=32, show_default=True)
 @click.option("--small-bundle", type=click.Path(), default=None,
               help="A bundle of the trained default model, whose call counts feed the projection (default: built "
                    "into WORK/default-bundle).")
-@click.option("--docs", type=click.Path(), default=None,
-              help="Also write the generated tables into this Markdown file's `blt-bench scale` region.")
 @errors
-def scale_cmd(work, preset, precisions, new_bytes, small_bundle, docs):
+def scale_cmd(work, preset, precisions, new_bytes, small_bundle):
     """A public BLT shape (random init) through init, inspect, build, check and generation in every mode, each
     stage under /usr/bin/time -v (what `make scale-check` runs; docs/scale.md quotes its JSON)."""
-    from fastblt.benchmarks.scale import fill_docs, render, run_scale
+    from fastblt.benchmarks.scale import render, run_scale
 
     results = run_scale(Path(work), preset, precisions, new_bytes, log=click.echo,
                         small=Path(small_bundle) if small_bundle else None)
     click.echo(render(results))
-    if docs:
-        fill_docs(Path(docs), results)
+    click.echo(f"results: {Path(work) / 'scale.json'}; docs/scale.md quotes a copy in docs/benchmarks/ through "
+               "`blt-bench readme --readme docs/scale.md`", err=True)
 
 
 @main.command("precision")

@@ -299,7 +299,7 @@ class TimedBackend:
         return getattr(self._backend, name)
 
     def _timed(self, fn, graph, feeds, *args):
-        rows = next((v.shape[1] for k, v in feeds.items() if k in ("ids", "states") and v.ndim >= 2), 1)
+        rows = next((v.shape[1] for k, v in feeds.items() if k in ("ids", "states", "patch_states") and v.ndim >= 2), 1)
         t0 = time.perf_counter()
         out = fn(graph, feeds, *args)
         self.records.append((graph, int(rows), time.perf_counter() - t0))

@@ -166,7 +166,8 @@ def markdown(results: dict, machine_line: str) -> str:
     """The tables docs/scale.md and the README quote (generated: never edited by hand)."""
     lines = [f"Measured by `blt-bench precision` on {machine_line}: {results['windows']} held-out windows of "
              f"256 bytes, greedy BLT-S (k=16) and BLT-DV (B=8) against AR on {results['prompts']} prompts "
-             f"× {results['new_bytes']} bytes, AR bytes/s on one prompt (best of 2).", "",
+             f"× {results['new_bytes']} bytes, AR bytes/s on one prompt (best of 2; the variants' graphs are not "
+             "deduplicated, so their bytes on disk include the fused twins).", "",
              "| precision | measured through | held-out bits/byte | Δ vs fp32 | greedy BLT-S = AR | greedy BLT-DV = AR "
              "| graphs on disk | AR bytes/s |", "|---|---|---|---|---|---|---|---|"]
     for p, row in results["precisions"].items():
@@ -175,12 +176,13 @@ def markdown(results: dict, machine_line: str) -> str:
                      f"{row['greedy_equal_to_ar']['bltdv']} | {row['bytes_on_disk'] / 1e6:.1f} MB | "
                      f"{row['ar_bytes_per_s']:.1f} |")
     t = results["torch"]
-    for dtype, label in (("float32", "fp32"), ("bfloat16", "bf16")):
+    for dtype, label, how in (("float32", "fp32", "torch float32 (the bf16 row's reference)"),
+                              ("bfloat16", "bf16", "torch bfloat16 (ORT's CPU provider has no bf16 kernels)")):
         row = t[dtype]
         delta = row.get("delta_bpb_vs_float32")
-        lines.append(f"| {label} | torch {dtype} (no ORT CPU bf16 kernels) | {row['heldout_bpb']:.4f} | "
-                     f"{'' if delta is None else f'{delta:+.4f} vs torch fp32'} | {row['greedy_equal_to_ar']['blts']} "
-                     f"| {row['greedy_equal_to_ar']['bltdv']} | | {row['ar_bytes_per_s']:.1f} |")
+        lines.append(f"| {label} | {how} | {row['heldout_bpb']:.4f} | "
+                     f"{'–' if delta is None else f'{delta:+.4f} vs torch fp32'} | {row['greedy_equal_to_ar']['blts']} "
+                     f"| {row['greedy_equal_to_ar']['bltdv']} | – | – |")
     if results["fp16_islands"]:
         lines += ["", "fp16, each fp32 island measured (export/half.py):", "",
                   "| fp16 variant | held-out bits/byte | Δ vs fp32 | greedy BLT-S / BLT-DV = AR |", "|---|---|---|---|"]

@@ -147,7 +147,67 @@ def render_fast_mode_goals(path: Path) -> str:
     return intro + "\n\n" + table(["mode", "goal", "measured", "bandwidth saving vs AR (Eq. 8)", ""], body)
 
 
+def render_precision(path: Path) -> str:
+    """`blt-bench precision`'s tables (benchmarks/precision.py) from its precision.json."""
+    from fastblt.benchmarks.common import machine_line
+    from fastblt.benchmarks.precision import markdown
+
+    data = _load(path)
+    return markdown(data["results"], machine_line(data["machine"])) + f"\n[JSON]({path.relative_to(REPO).as_posix()})\n"
+
+
+def render_scale(path: Path) -> str:
+    """`blt-bench scale`'s tables (benchmarks/scale.py) from its scale.json."""
+    from fastblt.benchmarks.scale import render
+
+    return render(_load(path)) + f"\n[JSON]({path.relative_to(REPO).as_posix()})\n"
+
+
+def render_precision_summary(path: Path) -> str:
+    """The README's precision table: one row per precision of the default model, from precision.json."""
+    data = _load(path)
+    res = data["results"]
+    body = []
+    for p, row in res["precisions"].items():
+        g = row["greedy_equal_to_ar"]
+        bpb = f"{row['heldout_bpb']:.4f}" if p == "fp32" else f"{row['delta_bpb_vs_fp32']:+.4f}"
+        body.append([p, "ONNX Runtime CPU", bpb, f"{g['blts']} / {g['bltdv']}", f"{row['bytes_on_disk'] / 1e6:.1f} MB"])
+    t = res["torch"].get("bfloat16")
+    if t:
+        g = t["greedy_equal_to_ar"]
+        body.append(["bf16", "torch bfloat16 (no ORT CPU kernels)", f"{t['delta_bpb_vs_float32']:+.4f} (vs torch "
+                     "fp32)", f"{g['blts']} / {g['bltdv']}", "as fp16"])
+    intro = (f"Precisions of the default model (`blt-bench precision`: {res['windows']} held-out windows; greedy "
+             f"BLT-S k=16 / BLT-DV B=8 against AR on {res['prompts']} prompts; {_when(data['machine'])}; "
+             f"[JSON]({path.relative_to(REPO).as_posix()}); the BLT-1B shape: [scale](docs/scale.md)):")
+    return intro + "\n\n" + table(["precision", "measured through", "held-out bits/byte (Δ vs fp32)",
+                                     "greedy BLT-S / BLT-DV = AR", "graphs on disk"], body)
+
+
+def render_scale_summary(path: Path) -> str:
+    """One sentence: the modes the projection puts ahead of AR at the BLT-1B shape that are behind it on the default
+    model, from scale.json."""
+    data = _load(path)
+    proj = data["projection"].get("fp32") or next(iter(data["projection"].values()))
+    flips = [spec for spec, r in proj["modes"].items() if spec != "ar" and (r["projected_speedup_at_scale"] or 0) > 1
+             and (r["measured_speedup_small"] or 0) < 1]
+    ahead = [f"{spec} {r['projected_speedup_at_scale']}×" for spec, r in proj["modes"].items()
+             if spec != "ar" and (r["projected_speedup_at_scale"] or 0) > 1]
+    when = f"[scale](docs/scale.md), {data['date']}"
+    if not flips:
+        return (f"At the BLT-1B shape the projection from the default model's counters puts these modes ahead of AR: "
+                f"{', '.join(ahead) or 'none'} ({when}).")
+    return (f"The projection from the default model's call counts and BLT-1B's measured latencies says "
+            f"{', '.join(flips)} beat AR at the BLT-1B shape (fp32 on this CPU: {', '.join(ahead)}), where on the "
+            f"13.9 M default model they lose to it: the paper's regime, a global call that costs several decoder "
+            f"calls, is what they need ({when}).")
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {
+    "precision-summary": render_precision_summary,
+    "scale-summary": render_scale_summary,
+    "precision": render_precision,
+    "scale": render_scale,
     "default-model": render_default_model,
     "bundle-quality": render_bundle_quality,
     "fast-mode-goals": render_fast_mode_goals,

@@ -40,6 +40,19 @@ def allowed_mask(vocab: int) -> np.ndarray:
     return ok
 
 
+class NonFiniteLogits(RuntimeError):
+    """A graph returned NaN or inf logits (e.g. a half-precision graph that overflowed)."""
+
+
+def finite(logits: np.ndarray) -> np.ndarray:
+    """`logits`, or one clear error when any is NaN or inf: argmax would otherwise pick an arbitrary id."""
+    if not np.isfinite(logits).all():
+        raise NonFiniteLogits("the model returned non-finite logits (NaN or inf), so no byte can be chosen; a graph "
+                              "overflowed its precision: compare with the bundle's fp32 precision and report the "
+                              "bundle and precision")
+    return logits
+
+
 class Sampler:
     def __init__(self, cfg: SamplingConfig, vocab: int) -> None:
         self.cfg = cfg.validate()
@@ -49,7 +62,7 @@ class Sampler:
 
     def probs(self, logits: np.ndarray) -> np.ndarray:
         """The distribution actually sampled from (after temperature, top-k, top-p), rows sum to 1."""
-        x = np.array(logits, dtype=np.float64)
+        x = np.array(finite(logits), dtype=np.float64)
         x[..., self.blocked] = -np.inf
         if self.cfg.greedy:
             p = np.zeros_like(x)
@@ -73,11 +86,11 @@ class Sampler:
 
     def argmax(self, logits: np.ndarray) -> np.ndarray:
         """The greedy choice of each row (never a blocked id)."""
-        return (logits + self._floor).argmax(-1)
+        return (finite(logits) + self._floor).argmax(-1)
 
     def sample(self, logits: np.ndarray) -> int:
         if self.cfg.greedy:
-            return int((logits + self._floor).argmax())
+            return int((finite(logits) + self._floor).argmax())
         return self.draw(self.probs(logits))
 
     def draw(self, p: np.ndarray) -> int:

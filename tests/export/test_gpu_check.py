@@ -124,9 +124,10 @@ def test_the_fallback_comparison_fails_on_other_weights(model):
     assert any(f.startswith("decoder_step (torch-cpu):logits max|Δ|=") for f in failures), failures
 
 
-def test_the_fallback_refuses_a_checkpoint_of_another_bundle(model, tmp_path):
-    from fastblt.runtime.manifest import write_manifest
+def test_the_fallback_refuses_a_checkpoint_of_another_bundle(model, tiny_bundle, tmp_path):
+    from fastblt.runtime.manifest import Manifest, write_manifest
 
-    write_manifest(tmp_path, {"model": tiny_config().to_dict()})  # model has vocab 262, this bundle 260
+    manifest = Manifest.load(tiny_bundle).to_dict() | {"model": tiny_config().to_dict()}
+    write_manifest(tmp_path, manifest)  # model has vocab 262, this bundle 260
     assert gpu_check.check_torch_cuda(tmp_path, model, ARGS, print, device="cpu") == [
         f"the checkpoint is not the one {tmp_path} was built from (configs differ); pass --checkpoint"]
