@@ -276,9 +276,9 @@ def render(results: dict) -> str:
              "the global model's worst case; the projection below uses the trained default model's counters.", ""]
     lines += ["| stage | command | date | wall time | peak RSS |", "|---|---|---|---|---|"]
     for name, st in results["stages"].items():
-        cmd = st["command"].split("/")[-1] if st["command"].startswith("/") else st["command"]
-        cmd = " ".join(a.split("/")[-1] if a.startswith("/") else a for a in cmd.split())
-        lines.append(f"| {name} | `{cmd[:110]}` | {st.get('date')} | {st['seconds']:.0f} s | {st['peak_rss_gb']} GB |")
+        cmd = " ".join(Path(a).name if a.startswith("/") else a for a in st["command"].split())
+        cmd = cmd.replace("python3 -m fastblt.benchmarks.scale --generate", "generate:")
+        lines.append(f"| {name} | `{cmd[:200]}` | {st.get('date')} | {st['seconds']:.0f} s | {st['peak_rss_gb']} GB |")
     gb = results.get("graph_bytes", {})
     if gb:
         lines += ["", "Graph bytes on disk per precision (ONNX + external data, each weight once):", "",

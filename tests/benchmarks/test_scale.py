@@ -13,7 +13,8 @@ pytest.importorskip("onnxruntime")
 
 @pytest.fixture(scope="module")
 def run(tiny_bundle):
-    return generate_all(str(tiny_bundle), "fp32", 12, "ar,blts/k=4,bltd/B=4/alpha=0.7,bltdv/B=4/alpha=0.7,bltd/B=64/alpha=0.7")
+    settings = "ar,blts/k=4,bltd/B=4/alpha=0.7,bltdv/B=4/alpha=0.7,bltd/B=64/alpha=0.7"
+    return generate_all(str(tiny_bundle), "fp32", 12, settings)
 
 
 def test_generate_all_times_every_graph_and_checks_identity(run):
