@@ -197,7 +197,16 @@ def render_scale_summary(path: Path) -> str:
             parts.append(f"{', '.join(flips)} in {precision}")
     when = f"[scale](docs/scale.md), {data['date']}"
     if not parts:
-        return ("The projection to the BLT-1B shape puts no mode ahead of AR that loses to it on the default model "
+        proj = data["projection"].get("fp32") or next(iter(data["projection"].values()))
+        rows = ", ".join(f"{spec} {r['projected_speedup_at_scale']}× (default model: {r['measured_speedup_small']}×)"
+                         for spec, r in proj["modes"].items() if spec != "ar")
+        lat = data.get("generate-fp32", {}).get("latency_ms", {})
+        block = lat.get("decoder_block", {}).get("8", {}).get("p50")
+        step = lat.get("decoder_step", {}).get("1", {}).get("p50")
+        why = (f"; on this CPU an 8-row decoder_block call costs {block / step:.1f} one-row decoder calls, which the "
+               "paper's memory-bound GPU regime does not charge" if block and step else "")
+        return (f"Projected to the BLT-1B shape (the default model's calls per byte × BLT-1B's fp32 latency per call "
+                f"on this CPU): {rows}. No mode that loses to AR on the default model beats it at this shape here{why} "
                 f"({when}).")
     return (f"Projected to the BLT-1B shape (the default model's calls per byte × BLT-1B's measured latency per call "
             f"on this CPU), modes that lose to AR on the 13.9 M default model beat it: {'; '.join(parts)}, because "

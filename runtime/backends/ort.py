@@ -67,7 +67,7 @@ class OrtBackend(BackendBase):
             weight_bytes = self.manifest.file_entry(key, precision).total_bytes
             n = threads or _threads(graph, weight_bytes)
             no_prepack = precision == "fp32" and weight_bytes > BIG_GRAPH_BYTES
-            return ort.InferenceSession(str(path), _options(n, precision, no_prepack),
+            return ort.InferenceSession(str(path), _options(n, precision, no_prepack, weight_bytes > BIG_GRAPH_BYTES),
                                         providers=PROVIDERS[device])
 
         # one layout per graph: the standard file only where no fused one replaces it (decoder_block always)
@@ -182,14 +182,20 @@ def _threads(graph: str, weight_bytes: int) -> int:
     return min(2, cores) if graph == "global" else 1
 
 
-def _options(threads: int, precision: str, no_prepack: bool = False):
+def _options(threads: int, precision: str, no_prepack: bool = False, no_spin: bool = False):
     """`no_prepack` (large fp32 graphs): MLAS does not repack the weights at load. Measured on BLT-1B's global
     graph (docs/scale.md): fp32 loads in 0.1 s instead of 11 s at the same speed per call (181 vs 194 ms);
-    MatMulNBits (int8-dynamic) needs its packing (70 ms per call with it, 3.9 s without), so it keeps it."""
+    MatMulNBits (int8-dynamic) needs its packing (70 ms per call with it, 3.9 s without), so it keeps it.
+    `no_spin` (graphs over 64 MB, which use every core): the session's pool threads sleep after a call instead
+    of spinning. Each session has its own pool, so spinning threads of the last graph took the cores from the
+    next one: at BLT-1B int4, AR went from 7.1 to 13.8 bytes/s and the global call from 73 to 40 ms. Small
+    graphs keep spinning (on the default model, where none is that large, two runs each way were within noise)."""
     opts = ort.SessionOptions()
     if no_prepack:
         opts.add_session_config_entry("session.disable_prepacking", "1")
     opts.intra_op_num_threads = threads
+    if no_spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_BASIC if precision == "fp8"
