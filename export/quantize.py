@@ -50,13 +50,94 @@ def modelopt_available() -> bool:
     return True
 
 
+_FOLDABLE = ("Transpose", "Concat", "Reshape", "Identity", "Squeeze", "Unsqueeze")
+
+
+def fold_weight_chains(model) -> int:
+    """Replace each MatMul weight computed from initializers alone (the fused layout's Transpose(Concat(Wq, Wk,
+    Wv)) and Transpose(Concat(W1, W3)), which the exporter leaves unfolded) by one initializer holding its value,
+    so weight-only quantizers see it: unfolded, they skipped those MatMuls, about two thirds of a fused layer's
+    weights. Returns the number of weights folded; unused nodes and initializers are dropped."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    cache: dict[str, np.ndarray | None] = {}
+
+    def value(name: str):
+        if name in cache:
+            return cache[name]
+        out = None
+        if name in inits:
+            out = numpy_helper.to_array(inits[name])
+        elif name in producer and producer[name].op_type in _FOLDABLE:
+            node = producer[name]
+            args = [value(i) for i in node.input]
+            if all(a is not None for a in args):
+                attrs = {a.name: a for a in node.attribute}
+                op = node.op_type
+                if op == "Transpose":
+                    perm = list(attrs["perm"].ints) if "perm" in attrs else None
+                    out = np.ascontiguousarray(np.transpose(args[0], perm))
+                elif op == "Concat":
+                    out = np.concatenate(args, axis=attrs["axis"].i)
+                elif op == "Reshape" and args[1].dtype.kind == "i" and not (args[1] == 0).any():
+                    out = args[0].reshape(tuple(int(d) for d in args[1]))
+                elif op in ("Squeeze", "Unsqueeze") and len(args) == 2:
+                    axes = tuple(int(a) for a in args[1])
+                    out = np.squeeze(args[0], axes) if op == "Squeeze" else np.expand_dims(args[0], axes)
+                elif op == "Identity":
+                    out = args[0]
+        cache[name] = out
+        return out
+
+    folded = 0
+    for node in graph.node:
+        if node.op_type not in ("MatMul", "Gemm"):
+            continue
+        for i, name in enumerate(node.input):
+            if name in inits or name not in producer or producer[name].op_type not in _FOLDABLE:
+                continue
+            weight = value(name)
+            if weight is None or weight.dtype != np.float32:
+                continue
+            new = f"{name}_folded"
+            if new not in inits:
+                graph.initializer.append(numpy_helper.from_array(weight, new))
+                inits[new] = graph.initializer[-1]
+            node.input[i] = new
+            folded += 1
+    if folded:
+        _drop_unused(graph)
+    return folded
+
+
+def _drop_unused(graph) -> None:
+    outputs = {o.name for o in graph.output}
+    while True:
+        used = {i for n in graph.node for i in n.input} | outputs
+        keep = [n for n in graph.node if any(o in used for o in n.output)]
+        if len(keep) == len(graph.node):
+            break
+        del graph.node[:]
+        graph.node.extend(keep)
+    used = {i for n in graph.node for i in n.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
 def _weight_matmuls(path: Path) -> list[str]:
     """MatMul/Gemm nodes with a constant weight input: activation×activation products (attention) stay
     in float, which costs nothing in size and keeps the attention scores exact. RoPE's constant pair-swap
     matrix is no weight either: it stays exact in float (quantizing it would only add error to q and k)."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)  # names only: a big graph's weights stay on disk
+    return _weight_matmul_nodes(onnx.load(str(path), load_external_data=False))  # names only: weights stay on disk
+
+
+def _weight_matmul_nodes(model) -> list[str]:
     consts = {i.name for i in model.graph.initializer}
     consts |= {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
     return [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm")
@@ -114,13 +195,14 @@ def quantize_ort_dynamic(src: Path, dst: Path, bits: int = 8, block: int = BLOCK
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-    nodes = _weight_matmuls(src)
+    model = onnx.load(str(src))
+    folded = fold_weight_chains(model)
+    nodes = _weight_matmul_nodes(model)
     if not nodes:
         _copy_graph(src, dst)
         return {"tool": "none (no weight MatMul)", "quantized_nodes": 0}
     config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=accuracy_level,
                                           bits=bits)
-    model = onnx.load(str(src))
     others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in nodes]
     quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=others, algo_config=config)  # (include only adds)
     quantizer.process()
@@ -129,7 +211,7 @@ def quantize_ort_dynamic(src: Path, dst: Path, bits: int = 8, block: int = BLOCK
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=_external(src))
     del quantizer, model
     return {"tool": "onnxruntime MatMulNBitsQuantizer", "bits": bits, "block_size": block,
-            "accuracy_level": accuracy_level, "quantized_nodes": len(nodes)}
+            "accuracy_level": accuracy_level, "quantized_nodes": len(nodes), "folded_weights": folded}
 
 
 def quantize_modelopt(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], mode: str) -> dict:

@@ -82,6 +82,17 @@ def test_int4_blocks_parity_and_greedy_identity(halves):
     nbits = [n for n in graph.graph.node if n.op_type == "MatMulNBits"]
     assert nbits and all({a.name: a.i for a in n.attribute}["bits"] == 4 for n in nbits)
     assert manifest.quantization["int4"]["decoder_step"]["bits"] == 4
+    # the fused layout's Transpose(Concat(Wq, Wk, Wv)) weights are folded and quantized, not left in fp32
+    assert manifest.quantization["int4"]["fused_patcher"]["folded_weights"] > 0
+    fused = onnx.load(str(manifest.graph_file("fused_patcher", "int4"))).graph
+    inits = {t.name for t in fused.initializer}
+    producer = {o: n for n in fused.node for o in n.output}
+    for node in fused.node:
+        if node.op_type == "MatMul":
+            for name in node.input:
+                chain = producer.get(name)
+                assert chain is None or chain.op_type not in ("Transpose", "Concat") or not all(
+                    i in inits or (i in producer and producer[i].op_type == "Concat") for i in chain.input), node.name
     assert np.isfinite(manifest.quality["int4"]["heldout_bpb"])
     ids = encode("class Point:\n    def __init__(self, x, y):\n")
     ref = Session(OrtBackend(halves, "fp32")).commit(ids)
