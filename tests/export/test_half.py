@@ -82,8 +82,7 @@ def test_int4_blocks_parity_and_greedy_identity(halves):
     nbits = [n for n in graph.graph.node if n.op_type == "MatMulNBits"]
     assert nbits and all({a.name: a.i for a in n.attribute}["bits"] == 4 for n in nbits)
     assert manifest.quantization["int4"]["decoder_step"]["bits"] == 4
-    # the fused layout's Transpose(Concat(Wq, Wk, Wv)) weights are folded and quantized, not left in fp32
-    assert manifest.quantization["int4"]["fused_patcher"]["folded_weights"] > 0
+    # no weight is left in fp32 behind a Transpose/Concat of initializers (the fused layout's QKV at scale)
     fused = onnx.load(str(manifest.graph_file("fused_patcher", "int4"))).graph
     inits = {t.name for t in fused.initializer}
     producer = {o: n for n in fused.node for o in n.output}
@@ -172,3 +171,27 @@ def test_bad_precision_requests(tiny_bundle, tmp_path):
         convert_half(src, tmp_path / "x.onnx", "int4")
     with pytest.raises(QuantizeError, match="quantized precisions are"):
         quantize_graph(src, tmp_path / "x.onnx", "fp12", [])
+
+
+def test_weight_chains_are_folded_before_weight_only_quantization():
+    """At scale the exporter leaves the fused layout's Transpose(Concat(Wq, Wk, Wv)) unfolded; the quantizer folds
+    it into one initializer with the same value, so the MatMul is quantized instead of left in fp32."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from fastblt.export.quantize import _weight_matmul_nodes, fold_weight_chains
+
+    rng = np.random.default_rng(0)
+    wq, wk = rng.standard_normal((8, 16)).astype(np.float32), rng.standard_normal((4, 16)).astype(np.float32)
+    nodes = [helper.make_node("Concat", ["wq", "wk"], ["w"], axis=0),
+             helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]),
+             helper.make_node("MatMul", ["x", "wt"], ["y"], name="proj")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 12])],
+                              [numpy_helper.from_array(wq, "wq"), numpy_helper.from_array(wk, "wk")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert _weight_matmul_nodes(model) == []
+    assert fold_weight_chains(model) == 1
+    assert _weight_matmul_nodes(model) == ["proj"]
+    assert [n.op_type for n in model.graph.node] == ["MatMul"]  # the chain and its inputs are gone
+    (folded,) = model.graph.initializer
+    np.testing.assert_array_equal(numpy_helper.to_array(folded), np.concatenate([wq, wk]).T)
