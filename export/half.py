@@ -255,15 +255,23 @@ def _to_bfloat16(model, originals: dict[str, np.ndarray]) -> None:
                                raw_data=_bf16_bits(values).tobytes())
         t.CopyFrom(new)
 
+    _retype(model, f16, bf16, tensor)
+
+
+def _retype(model, old: int, new: int, tensor) -> None:
+    """Change element type `old` to `new` in a graph's inputs, outputs, value infos and Cast targets; `tensor(t)`
+    converts each initializer and tensor attribute (it leaves tensors of other types alone)."""
+    import onnx
+
     for t in model.graph.initializer:
         tensor(t)
     for value in (*model.graph.input, *model.graph.output, *model.graph.value_info):
-        if value.type.tensor_type.elem_type == f16:
-            value.type.tensor_type.elem_type = bf16
+        if value.type.tensor_type.elem_type == old:
+            value.type.tensor_type.elem_type = new
     for node in model.graph.node:
         for attr in node.attribute:
-            if node.op_type == "Cast" and attr.name == "to" and attr.i == f16:
-                attr.i = bf16
+            if node.op_type == "Cast" and attr.name == "to" and attr.i == old:
+                attr.i = new
             elif attr.type == onnx.AttributeProto.TENSOR:
                 tensor(attr.t)
 
@@ -293,16 +301,6 @@ def widen_bf16(src: Path, dst: Path) -> Path:
         values = bits.view(ml_dtypes.bfloat16).astype(np.float32).reshape(tuple(t.dims))
         t.CopyFrom(numpy_helper.from_array(values, t.name))
 
-    for t in model.graph.initializer:
-        tensor(t)
-    for value in (*model.graph.input, *model.graph.output, *model.graph.value_info):
-        if value.type.tensor_type.elem_type == bf16:
-            value.type.tensor_type.elem_type = f32
-    for node in model.graph.node:
-        for attr in node.attribute:
-            if node.op_type == "Cast" and attr.name == "to" and attr.i == bf16:
-                attr.i = f32
-            elif attr.type == onnx.AttributeProto.TENSOR:
-                tensor(attr.t)
+    _retype(model, bf16, f32, tensor)
     onnx.save_model(model, str(dst))
     return dst

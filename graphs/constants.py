@@ -6,6 +6,8 @@ and a value is written down once.
 
 from __future__ import annotations
 
+import functools
+
 # Vocabulary: byte b has id b + OFFSET; ids below OFFSET are the BLT specials.
 BOE, BOS, EOS, BPE_DELIM = 0, 1, 2, 3
 OFFSET = 4
@@ -28,6 +30,7 @@ ROLLBACK_SLACK = 64  # cache entries kept beyond the local window so drafts can 
 TENSOR_DTYPES = ("int64", "int32", "float32", "bool", "float16", "bfloat16")
 
 
+@functools.cache  # read on every graph call's feed check
 def numpy_dtype(name: str):
     """The numpy dtype of a spec dtype name (bfloat16 through ml_dtypes, imported only when asked)."""
     import numpy as np
